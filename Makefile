@@ -1,0 +1,29 @@
+# Set-up and entry points. Every target creates the virtual environment on first use.
+PYTHON ?= python3
+VENV ?= .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: test test-slow lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lln_jax tests configs
+	$(VENV)/bin/ruff format --check lln_jax tests configs
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format lln_jax tests configs
+	$(VENV)/bin/ruff check --fix lln_jax tests configs
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,87 @@
+"""Evaluation: per-class average precision and mAP (SPEC.md section 5), on the host.
+
+`mean_average_precision` is a plain numpy function over a whole split; the clu metric
+`MeanAveragePrecision` collects scores, true labels and the padding mask across eval steps
+and calls it. Nothing here runs inside a jitted step.
+"""
+
+import flax
+import jax
+import numpy as np
+from clu import metrics as clu_metrics
+from jax.experimental import multihost_utils
+
+
+def average_precisions(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-class non-interpolated average precision, as scikit-learn computes it.
+
+    `AP = sum_n (R_n - R_{n-1}) P_n` over the distinct score thresholds in descending order;
+    tied scores form one threshold. A class with no positive has AP 0.
+
+    Args:
+      scores: `[N, C]` scores (any monotone transform of the logits gives the same AP,
+        except where it creates ties; the evaluation passes sigmoid scores).
+      labels: `[N, C]` true labels in {0, 1}.
+
+    Returns:
+      `[C]` float64 APs in [0, 1].
+    """
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    if scores.ndim != 2 or scores.shape != labels.shape:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} must be equal [N, C]")
+    num_rows = scores.shape[0]
+    order = np.argsort(-scores, axis=0, kind="stable")
+    sorted_scores = np.take_along_axis(scores, order, axis=0)
+    hits = np.take_along_axis(labels, order, axis=0).astype(np.float64)
+    precision = np.cumsum(hits, axis=0) / np.arange(1, num_rows + 1)[:, None]
+    # Every row of a group of tied scores takes the precision at the group's last row.
+    is_group_end = np.ones_like(sorted_scores, dtype=bool)
+    is_group_end[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    end_row = np.where(is_group_end, np.arange(num_rows)[:, None], num_rows)
+    end_row = np.minimum.accumulate(end_row[::-1], axis=0)[::-1]
+    precision_at_threshold = np.take_along_axis(precision, end_row, axis=0)
+    num_positives = hits.sum(axis=0)
+    ap = (hits * precision_at_threshold).sum(axis=0) / np.maximum(num_positives, 1.0)
+    return np.where(num_positives > 0, ap, 0.0)
+
+
+def mean_average_precision(
+    scores: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None
+) -> float:
+    """mAP in percent: 100 * mean over all C classes of the per-class AP.
+
+    Args:
+      scores: `[N, C]` scores.
+      labels: `[N, C]` true labels in {0, 1}.
+      mask: optional `[N]`; rows where it is 0 (padding) are left out.
+
+    Returns:
+      mAP in [0, 100]; classes without a positive count as 0 and stay in the mean.
+    """
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != scores.shape[:1]:
+            raise ValueError(f"mask must be [{scores.shape[0]}], got {mask.shape}")
+        keep = mask > 0
+        scores, labels = scores[keep], labels[keep]
+    return float(100.0 * np.mean(average_precisions(scores, labels)))
+
+
+def gather_to_host(tree):
+    """Brings (possibly multi-host sharded) global arrays to every host as numpy arrays."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+@flax.struct.dataclass
+class MeanAveragePrecision(clu_metrics.CollectingMetric.from_outputs(("scores", "labels", "mask"))):
+    """clu metric: collects `scores`, true `labels` and `mask` across steps; computes mAP.
+
+    Merge it on the host (outside jit), from outputs passed through `gather_to_host`.
+    """
+
+    def compute(self) -> float:
+        values = super().compute()
+        return mean_average_precision(values["scores"], values["labels"], values["mask"])
