@@ -85,3 +85,16 @@ class MeanAveragePrecision(clu_metrics.CollectingMetric.from_outputs(("scores", 
     def compute(self) -> float:
         values = super().compute()
         return mean_average_precision(values["scores"], values["labels"], values["mask"])
+
+
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+    """Per-step training metrics, merged on device and computed at log time."""
+
+    loss: clu_metrics.Average.from_output("loss")
+    rate: clu_metrics.LastValue.from_output("rate")
+    k: clu_metrics.LastValue.from_output("k")
+    modified_fraction: clu_metrics.Average.from_output("modified_fraction")
+    grad_norm: clu_metrics.Average.from_output("grad_norm")
+    param_norm: clu_metrics.LastValue.from_output("param_norm")
+    update_norm: clu_metrics.Average.from_output("update_norm")

@@ -1,0 +1,76 @@
+"""A thin wrapper over orbax: the latest state for resuming, the best-val state for testing.
+
+Two managers under the workdir: `checkpoints/latest` (the newest few states, each with a JSON
+record of the loop's bookkeeping) and `checkpoints/best` (the state with the best val mAP
+so far). Orbax writes each checkpoint to a temporary directory and renames it when complete,
+so a run killed mid-save never leaves a half-written checkpoint that looks finished.
+"""
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def abstract_like(state: Any, sharding: jax.sharding.Sharding) -> Any:
+    """Shapes, dtypes and the target sharding of every leaf: what `restore` fills."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
+
+
+class Checkpointer:
+    """Saves and restores `(state, record)` pairs; `record` is a JSON-able dict."""
+
+    def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
+        root = pathlib.Path(directory).absolute() if "://" not in directory else directory
+        options = dict(enable_async_checkpointing=async_save, create=True)
+        self._latest = ocp.CheckpointManager(
+            f"{root}/latest",
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, **options),
+        )
+        self._best = ocp.CheckpointManager(
+            f"{root}/best", options=ocp.CheckpointManagerOptions(max_to_keep=1, **options)
+        )
+
+    def latest_step(self) -> int | None:
+        return self._latest.latest_step()
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict]:
+        """The newest saved state (into `abstract_state`'s structure) and its record."""
+        step = self._latest.latest_step()
+        restored = self._latest.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), record=ocp.args.JsonRestore()
+            ),
+        )
+        return restored.state, dict(restored.record)
+
+    def save(self, step: int, state: Any, record: dict) -> None:
+        """Saves the state to resume from (asynchronously; every process calls this)."""
+        self._latest.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)
+            ),
+        )
+
+    def save_best(self, step: int, state: Any) -> None:
+        """Keeps `state` as the best so far (a rerun of the same epoch saves nothing new)."""
+        if step not in self._best.all_steps():
+            self._best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+
+    def restore_best(self, abstract_state: Any) -> Any:
+        step = self._best.latest_step()
+        if step is None:
+            raise FileNotFoundError("no best checkpoint was saved")
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        return self._best.restore(step, args=args).state
+
+    def wait_until_finished(self) -> None:
+        self._latest.wait_until_finished()
+        self._best.wait_until_finished()
+
+    def close(self) -> None:
+        self._latest.close()
+        self._best.close()

@@ -1,0 +1,121 @@
+"""ResNet v1.5 in Flax Linen, laid out as torchvision builds it.
+
+Stride 2 sits on the 3x3 convolution of a bottleneck ("v1.5"); module names follow
+torchvision's state dict (`conv1`, `bn1`, `layer1_0`, `downsample_conv`, `fc`) so that
+ImageNet weights map one to one. BatchNorm uses PyTorch's eps 1e-5 and momentum 0.1
+(Flax momentum 0.9). The head is initialised like PyTorch's `nn.Linear` default: weight and
+bias uniform in +-1/sqrt(fan_in).
+"""
+
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# The normalisation torchvision's ImageNet weights expect, applied inside the model so
+# that the input pipeline ships uint8 pixels (a quarter of the bytes of float32).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# torchvision initialises convolutions with kaiming_normal_(mode="fan_out", relu).
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_linear_init(fan_in: int):
+    """PyTorch's default `nn.Linear` initialisation: uniform in +-1/sqrt(fan_in)."""
+    bound = 1.0 / jnp.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def normalize(images: jax.Array) -> jax.Array:
+    """Pixels in [0, 255] -> `(x / 255 - mean) / std` in float32, as ToTensor + Normalize."""
+    x = images.astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (strided) -> 1x1 with a projection shortcut where the shape changes."""
+
+    width: int
+    strides: int
+    conv: functools.partial
+    norm: functools.partial
+    expansion: int = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out_features = self.width * self.expansion
+        y = nn.relu(self.norm(name="bn1")(self.conv(self.width, (1, 1), name="conv1")(x)))
+        y = self.conv(
+            self.width, (3, 3), strides=self.strides, padding=((1, 1), (1, 1)), name="conv2"
+        )(y)
+        y = nn.relu(self.norm(name="bn2")(y))
+        y = self.norm(name="bn3")(self.conv(out_features, (1, 1), name="conv3")(y))
+        if self.strides != 1 or x.shape[-1] != out_features:
+            x = self.conv(out_features, (1, 1), strides=self.strides, name="downsample_conv")(x)
+            x = self.norm(name="downsample_bn")(x)
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """ResNet v1.5 with bottleneck blocks, global average pooling and a linear head.
+
+    Attributes:
+      num_classes: C, the size of the head.
+      stage_sizes: blocks per stage ((3, 4, 6, 3) for ResNet-50).
+      stage_widths: bottleneck widths per stage ((64, 128, 256, 512) for ResNet-50).
+      stem_width: channels of the 7x7 stem.
+      dtype: the computation dtype (parameters stay float32).
+    """
+
+    num_classes: int
+    stage_sizes: Sequence[int]
+    stage_widths: Sequence[int]
+    stem_width: int = 64
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+        """`[B, H, W, 3]` pixels in [0, 255] (uint8 or float) -> `[B, C]` float32 logits."""
+        conv = functools.partial(
+            nn.Conv, use_bias=False, padding="VALID", kernel_init=conv_init, dtype=self.dtype
+        )
+        norm = functools.partial(
+            nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+            dtype=self.dtype,
+        )  # fmt: skip
+        x = conv(self.stem_width, (7, 7), strides=2, padding=((3, 3), (3, 3)), name="conv1")(
+            normalize(images).astype(self.dtype)
+        )
+        x = nn.relu(norm(name="bn1")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for stage, (num_blocks, width) in enumerate(
+            zip(self.stage_sizes, self.stage_widths, strict=True)
+        ):
+            for block in range(num_blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = Bottleneck(width, strides, conv, norm, name=f"layer{stage + 1}_{block}")(x)
+        x = jnp.mean(x, axis=(1, 2))
+        fan_in = x.shape[-1]
+        head = nn.Dense(
+            self.num_classes,
+            kernel_init=torch_linear_init(fan_in),
+            bias_init=torch_linear_init(fan_in),
+            dtype=self.dtype,
+            name="fc",
+        )
+        return head(x).astype(jnp.float32)
+
+
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), stage_widths=(64, 128, 256, 512))
+# Small variants of the same architecture, for CPU work and tests.
+ResNetSmall = functools.partial(
+    ResNet, stage_sizes=(1, 1, 1), stage_widths=(16, 32, 64), stem_width=16
+)
+ResNetTiny = functools.partial(ResNet, stage_sizes=(1,), stage_widths=(8,), stem_width=8)

@@ -1,0 +1,366 @@
+"""Orchestration: build everything from the config, train, evaluate, checkpoint, report.
+
+No math here: the step is in `steps.py`, the loss in `schemes.py`, mAP in `metrics.py`.
+Only this module and `main.py` see the whole config; every builder gets its own sub-config.
+"""
+
+import functools
+import hashlib
+import json
+import math
+import pathlib
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+
+from lln_jax import (
+    checkpointing,
+    datasets,
+    input_pipeline,
+    metrics,
+    models,
+    optim,
+    schemes,
+    sharding,
+    steps,
+)
+from lln_jax.train_state import TrainState, create_train_state
+
+# Settings a resumed run may change: they do not change what is computed.
+RESUMABLE_CHANGES = ("log_every_steps", "data.num_workers", "data.data_dir", "checkpoint.")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; nothing after the last good save is kept."""
+
+
+class _Preemption:
+    """Turns SIGTERM into a request to checkpoint and stop at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, signum, frame):
+        del signum, frame
+        logging.warning("SIGTERM: saving a checkpoint at the next step, then stopping.")
+        self.requested = True
+
+
+def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    return dict(walk(json.loads(config.to_json_best_effort()), ""))
+
+
+def check_and_write_config(config: ml_collections.ConfigDict, workdir: str, has_checkpoint: bool):
+    """Refuses to resume a checkpoint of another config; writes `config.json` (process 0)."""
+    path = pathlib.Path(workdir) / "config.json"
+    if has_checkpoint and path.exists():
+        saved = _flat(ml_collections.ConfigDict(json.loads(path.read_text())))
+        current = _flat(config)
+        differences = sorted(
+            key
+            for key in set(saved) | set(current)
+            if saved.get(key) != current.get(key) and not key.startswith(RESUMABLE_CHANGES)
+        )
+        if differences:
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differences)
+            raise ValueError(
+                f"workdir {workdir} holds a checkpoint of a different config ({details}); "
+                "use another --workdir or the same config"
+            )
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def create_splits(data_config: ml_collections.ConfigDict) -> dict[str, input_pipeline.Split]:
+    """Prepares (where possible) and opens the data set; train/val/test splits."""
+    spec = datasets.get(data_config.name)
+    builder = datasets.prepare(data_config.name, data_config.data_dir)
+    sources = {
+        split: builder.as_data_source(split=split, decoders={"image": _skip_decoding()})
+        for split in (spec.train_split, spec.test_split)
+    }
+    return input_pipeline.create_splits(
+        sources[spec.train_split],
+        sources[spec.test_split],
+        label_setting=data_config.label_setting,
+        observed_seed=data_config.observed_seed,
+        split_seed=data_config.split_seed,
+        val_frac=data_config.val_frac,
+    )
+
+
+def _skip_decoding():
+    import tensorflow_datasets as tfds  # Imported late: TFDS is only needed to open data.
+
+    return tfds.decode.SkipDecoding()
+
+
+def _check_batch_sizes(data_config, num_devices: int) -> None:
+    for key in ("batch_size", "eval_batch_size"):
+        if data_config[key] % num_devices:
+            raise ValueError(
+                f"data.{key}={data_config[key]} must divide over {num_devices} devices"
+            )
+
+
+def _evaluate(jit_eval_step, state, split, data_config, data_sharding) -> float:
+    """mAP (percent) of `state` on a whole split against its true labels."""
+    batch_size = data_config.eval_batch_size
+    num_batches = input_pipeline.steps_per_epoch(split.num_examples, batch_size)
+    metric = metrics.MeanAveragePrecision.empty()
+    for batch in input_pipeline.batches(
+        split,
+        batch_size=batch_size,
+        image_size=data_config.image_size,
+        seed=0,
+        train=False,
+        start=0,
+        stop=num_batches,
+        num_workers=data_config.num_workers,
+    ):
+        outputs = jit_eval_step(state, input_pipeline.to_global(batch, data_sharding))
+        host = metrics.gather_to_host(outputs)
+        metric = metric.merge(metrics.MeanAveragePrecision.from_model_output(**host))
+    return metric.compute()
+
+
+def _log_train_metrics(writer, step: int, train_metrics, lr_fn) -> None:
+    """Writes the merged train metrics; a non-finite loss stops the run before any save."""
+    values = jax.device_get(train_metrics.compute())
+    if not np.isfinite(values["loss"]):
+        raise NonFiniteLossError(
+            f"non-finite training loss ({values['loss']}) by step {step}; stopping without "
+            "saving, so the last checkpoint in the workdir is the last good state"
+        )
+    scalars = {f"train/{name}": float(value) for name, value in values.items()}
+    scalars["train/learning_rate"] = lr_fn(step)
+    writer.write_scalars(step, scalars)
+
+
+def _labels_digest(labels_obs: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(labels_obs).tobytes()).hexdigest()
+
+
+def _fresh_record(splits) -> dict[str, Any]:
+    return {
+        "val_map": [],
+        "best_val_map": -math.inf,
+        "best_epoch": 0,
+        "stopped_early": False,
+        "observed_labels_sha256": _labels_digest(splits["train"].labels_obs),
+    }
+
+
+def _log_build_facts(config, splits, info, state) -> None:
+    parameter_overview.log_parameter_overview(state.params)
+    logging.info(
+        "\n  devices: %d (%d per process, %d processes)"
+        "\n  global batch: %d, per device: %d"
+        "\n  train / val / test examples: %d / %d / %d, classes: %d"
+        "\n  steps per epoch: %d, epochs: %d, total steps: %d"
+        "\n  scheme: %s, model: %s, observed labels sha256: %s",
+        jax.device_count(), jax.local_device_count(), jax.process_count(),
+        config.data.batch_size, config.data.batch_size // jax.device_count(),
+        splits["train"].num_examples, splits["val"].num_examples, splits["test"].num_examples,
+        info.num_classes, info.steps_per_epoch, config.num_epochs, info.total_steps,
+        dict(config.scheme), config.model.name, _labels_digest(splits["train"].labels_obs)[:16],
+    )  # fmt: skip
+
+
+class _Run:
+    """The built pieces of one run, so that the loop's helpers take one argument."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.config, self.workdir = config, workdir
+        self.mesh = sharding.create_mesh()
+        self.data_sharding = sharding.data_sharding(self.mesh)
+        self.replicated = sharding.replicated(self.mesh)
+        _check_batch_sizes(config.data, jax.device_count())
+        self.splits = create_splits(config.data)
+        train = self.splits["train"]
+        self.num_classes = train.labels_true.shape[1]
+        self.steps_per_epoch = input_pipeline.steps_per_epoch(
+            train.num_examples, config.data.batch_size
+        )
+        self.total_steps = self.steps_per_epoch * config.num_epochs
+        self.model = models.create(**config.model, num_classes=self.num_classes)
+        context = schemes.SchemeContext(
+            num_examples=train.num_examples,
+            num_classes=self.num_classes,
+            batch_size=config.data.batch_size,
+            steps_per_epoch=self.steps_per_epoch,
+            num_epochs=config.num_epochs,
+        )
+        self.scheme = schemes.create(**config.scheme, context=context)
+        self.tx, self.lr_fn = optim.create(**config.optim)
+        self.checkpointer = checkpointing.Checkpointer(
+            f"{workdir}/checkpoints", max_to_keep=config.checkpoint.max_to_keep
+        )
+        self.jit_train_step = jax.jit(
+            functools.partial(steps.train_step, model=self.model, scheme=self.scheme),
+            donate_argnums=0,
+            out_shardings=(self.replicated, self.replicated),
+        )
+        self.jit_eval_step = jax.jit(
+            functools.partial(steps.eval_step, model=self.model), out_shardings=self.replicated
+        )
+
+    def init_state(self) -> TrainState:
+        image_shape = (self.config.data.image_size, self.config.data.image_size, 3)
+        create = functools.partial(
+            create_train_state,
+            model=self.model,
+            tx=self.tx,
+            scheme=self.scheme,
+            image_shape=image_shape,
+        )
+        rng = jax.random.PRNGKey(self.config.seed)
+        return jax.jit(create, out_shardings=self.replicated)(rng)
+
+    def evaluate(self, state: TrainState, split_name: str) -> float:
+        return _evaluate(
+            self.jit_eval_step,
+            state,
+            self.splits[split_name],
+            self.config.data,
+            self.data_sharding,
+        )
+
+    def train_batches(self, start: int):
+        data = self.config.data
+        return input_pipeline.batches(
+            self.splits["train"],
+            batch_size=data.batch_size,
+            image_size=data.image_size,
+            seed=self.config.seed,
+            train=True,
+            start=start,
+            stop=self.total_steps,
+            num_workers=data.num_workers,
+        )
+
+
+def _end_of_epoch(run: _Run, state: TrainState, step: int, record: dict) -> bool:
+    """Val mAP, best-model bookkeeping and the early stop. Returns True to stop."""
+    epoch = step // run.steps_per_epoch
+    val_map = run.evaluate(state, "val")
+    record["val_map"].append(val_map)
+    if val_map > record["best_val_map"]:  # Strictly greater, as the reference.
+        record.update(best_val_map=val_map, best_epoch=epoch)
+        run.checkpointer.save_best(step, state)
+    stop = val_map < record["best_val_map"] - run.config.early_stop_drop
+    record["stopped_early"] = bool(stop)
+    logging.info(
+        "epoch %d: val mAP %.2f (best %.2f, epoch %d)%s",
+        epoch, val_map, record["best_val_map"], record["best_epoch"],
+        "; stopping early" if stop else "",
+    )  # fmt: skip
+    return stop
+
+
+def _train(run: _Run, state: TrainState, record: dict, writer) -> TrainState:
+    """The loop from the restored step to the end, an early stop or a preemption."""
+    config, step = run.config, int(jax.device_get(state.step))
+    report = periodic_actions.ReportProgress(num_train_steps=run.total_steps, writer=writer)
+    preemption, train_metrics = _Preemption(), None
+    for batch in run.train_batches(start=step):
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+            state, update = run.jit_train_step(
+                state, input_pipeline.to_global(batch, run.data_sharding)
+            )
+        train_metrics = update if train_metrics is None else train_metrics.merge(update)
+        step += 1
+        report(step)
+        epoch_ends = step % run.steps_per_epoch == 0
+        if step % config.log_every_steps == 0 or epoch_ends or preemption.requested:
+            _log_train_metrics(writer, step, train_metrics, run.lr_fn)
+            train_metrics = None
+        stop = epoch_ends and _end_of_epoch(run, state, step, record)
+        if epoch_ends:
+            writer.write_scalars(step, {"val/map": record["val_map"][-1]})
+        if epoch_ends or step % config.checkpoint.every_steps == 0 or preemption.requested:
+            run.checkpointer.save(step, state, record)
+        if stop or preemption.requested:
+            break
+    return state
+
+
+def _finish(run: _Run, state: TrainState, record: dict, writer, elapsed: float) -> dict:
+    """Test mAP of the best-val checkpoint; `results.json` and a summary."""
+    best = run.checkpointer.restore_best(checkpointing.abstract_like(state, run.replicated))
+    test_map = run.evaluate(best, "test")
+    writer.write_scalars(int(jax.device_get(state.step)), {"test/map": test_map})
+    results = {
+        "val_map": record["val_map"],
+        "best_epoch": record["best_epoch"],
+        "best_val_map": record["best_val_map"],
+        "test_map": test_map,
+        "stopped_early": record["stopped_early"],
+        "observed_labels_sha256": record["observed_labels_sha256"],
+        "train_seconds_this_session": elapsed,
+        "config": json.loads(run.config.to_json_best_effort()),
+    }
+    if jax.process_index() == 0:
+        path = pathlib.Path(run.workdir) / "results.json"
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    logging.info(
+        "\n  scheme %s on %s: test mAP %.2f (best val mAP %.2f at epoch %d of %d)"
+        "\n  val mAP per epoch: %s\n  results: %s/results.json",
+        run.config.scheme.name, run.config.data.name, test_map, record["best_val_map"],
+        record["best_epoch"], len(record["val_map"]),
+        " ".join(f"{v:.2f}" for v in record["val_map"]), run.workdir,
+    )  # fmt: skip
+    return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains (or resumes) per `config` in `workdir`; tests the best-val model at the end.
+
+    Returns:
+      The final train state (the best-val state is in `workdir/checkpoints/best`).
+    """
+    workdir = str(workdir)
+    run = _Run(config, workdir)
+    has_checkpoint = run.checkpointer.latest_step() is not None
+    check_and_write_config(config, workdir, has_checkpoint)
+    state, record = run.init_state(), _fresh_record(run.splits)
+    if has_checkpoint:
+        abstract = checkpointing.abstract_like(state, run.replicated)
+        state, record = run.checkpointer.restore_latest(abstract)
+        logging.info("Resumed from step %d in %s", int(jax.device_get(state.step)), workdir)
+    if record["observed_labels_sha256"] != _labels_digest(run.splits["train"].labels_obs):
+        raise ValueError("the observed labels differ from those the checkpoint was trained on")
+    _log_build_facts(config, run.splits, run, state)
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=True
+    )
+    if not has_checkpoint:
+        writer.write_hparams(_flat(config))
+    start = time.time()
+    finished = record["stopped_early"] or int(jax.device_get(state.step)) >= run.total_steps
+    if not finished:
+        state = _train(run, state, record, writer)
+    run.checkpointer.wait_until_finished()
+    step = int(jax.device_get(state.step))
+    if record["stopped_early"] or step >= run.total_steps:
+        _finish(run, state, record, writer, time.time() - start)
+    writer.flush()
+    run.checkpointer.close()
+    return state

@@ -1,0 +1,50 @@
+"""Orbax round trip of the whole train state, LL-Cp's table included."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lln_jax import checkpointing, models, optim, schemes, sharding
+from lln_jax.train_state import create_train_state
+
+
+def _state(seed):
+    context = schemes.SchemeContext(20, 3, 8, 3, 2)
+    scheme = schemes.create("ll_cp", context=context, delta_rel=0.1)
+    tx, _ = optim.create(
+        "sgd", learning_rate=0.1, head_lr_multiplier=10.0, momentum=0.9, weight_decay=1e-3
+    )
+    model = models.create("resnet_tiny", num_classes=3)
+    state = create_train_state(
+        jax.random.PRNGKey(seed), model=model, tx=tx, scheme=scheme, image_shape=(32, 32, 3)
+    )
+    corrected = np.zeros((20, 3), bool)
+    corrected[np.random.default_rng(seed).integers(0, 20, 5), 1] = True
+    return state.replace(
+        step=jnp.int32(17), scheme_state=schemes.CorrectionState(jnp.asarray(corrected))
+    )
+
+
+def test_save_then_restore_round_trips_the_whole_state(tmp_path):
+    state = _state(0)
+    checkpointer = checkpointing.Checkpointer(str(tmp_path), async_save=True)
+    record = {"val_map": [50.5, 60.25], "best_val_map": 60.25, "best_epoch": 2}
+    checkpointer.save(17, state, record)
+    checkpointer.save_best(17, state)
+    checkpointer.wait_until_finished()
+    repl = sharding.replicated(sharding.create_mesh())
+    other = _state(1).replace(tx=state.tx)  # Other values, the same static optimizer.
+    abstract = checkpointing.abstract_like(other, repl)
+    restored, restored_record = checkpointer.restore_latest(abstract)
+    chex.assert_trees_all_equal(restored, state)
+    assert restored_record == record
+    assert restored.scheme_state.corrected.sharding == repl
+    chex.assert_trees_all_equal(checkpointer.restore_best(abstract), state)
+    checkpointer.close()
+
+
+def test_a_fresh_directory_has_no_checkpoint(tmp_path):
+    checkpointer = checkpointing.Checkpointer(str(tmp_path))
+    assert checkpointer.latest_step() is None
+    checkpointer.close()

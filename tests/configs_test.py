@@ -1,0 +1,97 @@
+"""Every config x every scheme loads and builds its model, scheme and optimizer (no data)."""
+
+import functools
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from lln_jax import models, optim, schemes
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.py"))
+SCHEMES = sorted(schemes.SCHEMES)
+# The number of classes comes from the data in a run; here it is the spec's table.
+NUM_CLASSES = {
+    "voc2012": 20, "coco2014": 80, "nuswide": 81, "cub": 312,
+    "digit_mosaics": 10, "digit_mosaics_small": 10,
+}  # fmt: skip
+# SPEC.md section 4: optimizer, learning rate and delta_rel per scheme.
+PAPER = {
+    "voc.py": ("sgd", 5e-3, {"ll_r": 0.002, "ll_ct": 0.002, "ll_cp": 0.001}),
+    "coco.py": ("adam", 1e-5, {"ll_r": 0.004, "ll_ct": 0.002, "ll_cp": 0.002}),
+    "nuswide.py": ("adam", 1e-5, {"ll_r": 0.004, "ll_ct": 0.002, "ll_cp": 0.002}),
+    "cub.py": ("adam", 7.5e-5, {"ll_r": 0.004, "ll_ct": 0.004, "ll_cp": 0.002}),
+}
+
+
+def _load(name, arg):
+    spec = importlib.util.spec_from_file_location(name[:-3], CONFIG_DIR / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_builds_model_scheme_and_optimizer(name, scheme):
+    config = _load(name, f"scheme={scheme}")
+    assert config.scheme.name == scheme
+    num_classes = NUM_CLASSES[config.data.name]
+    context = schemes.SchemeContext(
+        1000, num_classes, config.data.batch_size, 63, config.num_epochs
+    )
+    loss_scheme = schemes.create(**config.scheme, context=context)
+    model = models.create(**config.model, num_classes=num_classes)
+    size = config.data.image_size
+    init = functools.partial(model.init, train=False)
+    variables = jax.eval_shape(
+        init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.uint8)
+    )
+    tx, _ = optim.create(**config.optim)
+    jax.eval_shape(tx.init, variables["params"])
+    assert loss_scheme.init is not None
+    json.loads(config.to_json_best_effort())  # The resolved config can be written.
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_hyperparameters(name):
+    optimizer, learning_rate, delta_rel = PAPER[name]
+    for scheme, delta in delta_rel.items():
+        config = _load(name, f"scheme={scheme}")
+        assert config.scheme.delta_rel == delta
+        assert (config.optim.name, config.optim.learning_rate) == (optimizer, learning_rate)
+        assert config.optim.head_lr_multiplier == 10.0
+        assert (config.data.batch_size, config.data.image_size, config.num_epochs) == (16, 448, 10)
+        assert config.model.name == "resnet50"
+    assert _load(name, "scheme=an").scheme.to_dict() == {"name": "an"}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_runlocal_shrinks_the_same_config(name):
+    config = _load(name, "scheme=ll_cp,runlocal")
+    assert config.model.name == "resnet_tiny" and config.data.image_size == 32
+    assert config.scheme.name == "ll_cp"
+
+
+def test_bad_arguments_fail_loudly():
+    with pytest.raises(ValueError, match=r"Unknown scheme 'll_x'"):
+        _load("coco.py", "scheme=ll_x")
+    with pytest.raises(ValueError, match=r"Unknown config argument 'schem'"):
+        _load("coco.py", "schem=ll_r")
+
+
+def test_mistyped_override_fails_before_anything_runs(tmp_path):
+    command = [
+        sys.executable, "-m", "lln_jax.main", f"--config={CONFIG_DIR / 'coco.py'}:scheme=ll_r",
+        "--config.scheme.delta_rell=0.003", f"--workdir={tmp_path}",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0
+    assert "delta_rell" in done.stderr
+    assert not any(tmp_path.iterdir())  # Nothing was started.

@@ -1,0 +1,71 @@
+"""The ResNet: torchvision's ResNet-50 layout and sizes, head initialisation, registry."""
+
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lln_jax import models
+
+
+def _shapes(model, size=64):
+    init = functools.partial(model.init, train=False)
+    return jax.eval_shape(init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.uint8))
+
+
+def test_resnet50_has_torchvisions_parameter_count():
+    variables = _shapes(models.create("resnet50", num_classes=1000))
+    count = sum(np.prod(x.shape) for x in jax.tree.leaves(variables["params"]))
+    assert count == 25_557_032  # torchvision.models.resnet50().parameters()
+
+
+def test_resnet50_names_follow_torchvision():
+    params = flax.traverse_util.flatten_dict(
+        _shapes(models.create("resnet50", num_classes=20))["params"], sep="."
+    )
+    assert params["conv1.kernel"].shape == (7, 7, 3, 64)
+    assert params["layer1_0.downsample_conv.kernel"].shape == (1, 1, 64, 256)
+    assert params["layer2_0.conv2.kernel"].shape == (3, 3, 128, 128)  # The strided conv.
+    assert "layer2_0.conv1" not in {k.rsplit(".", 1)[0] for k in params if "stride" in k}
+    assert params["layer4_2.bn3.scale"].shape == (2048,)
+    assert params["fc.kernel"].shape == (2048, 20)
+
+
+def test_v1_5_strides_on_the_3x3_conv():
+    model = models.create("resnet_small", num_classes=3)
+    x = jnp.zeros((1, 32, 32, 3), jnp.uint8)
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    _, inter = model.apply(variables, x, train=False, capture_intermediates=True)
+    block = inter["intermediates"]["layer2_0"]
+    assert block["conv1"]["__call__"][0].shape[1:3] == (8, 8)  # 1x1 keeps the resolution.
+    assert block["conv2"]["__call__"][0].shape[1:3] == (4, 4)  # 3x3 halves it.
+
+
+def test_head_is_initialised_like_torch_linear():
+    params = models.create("resnet50", num_classes=80).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3), jnp.uint8), train=False
+    )["params"]
+    bound = 1 / np.sqrt(2048)
+    for leaf in (params["fc"]["kernel"], params["fc"]["bias"]):
+        assert np.abs(leaf).max() <= bound
+        assert np.abs(leaf).max() > 0.9 * bound  # Uniform over the whole range.
+
+
+def test_train_mode_updates_batch_stats_and_eval_mode_uses_them():
+    model = models.create("resnet_tiny", num_classes=4)
+    x = jax.random.randint(jax.random.PRNGKey(1), (4, 32, 32, 3), 0, 256).astype(jnp.uint8)
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    before = variables["batch_stats"]["bn1"]["mean"]
+    after = updates["batch_stats"]["bn1"]["mean"]
+    assert not np.allclose(before, after)
+    logits = model.apply(variables, x, train=False)
+    assert logits.shape == (4, 4) and logits.dtype == jnp.float32
+
+
+def test_unknown_model_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"'resnet51'.*resnet50"):
+        models.create("resnet51", num_classes=3)
