@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow lint format clean
+.PHONY: demo test test-slow lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
 	touch $@
+
+# Trains and evaluates on the embedded benchmark (a few minutes on a CPU; no download).
+demo: $(STAMP)
+	$(VENV)/bin/python -m lln_jax.main --config=configs/digits.py --workdir=runs/demo
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

@@ -22,6 +22,7 @@ def get_config(arg=None):
         head_lr_multiplier=1.0,
         runlocal_dataset="digit_mosaics_small",
     )
+    config.diagnose_false_negatives = True
     config.data.eval_batch_size = 200
     config.data.num_workers = 0  # 16x16 PNGs decode faster than worker processes start.
     return config

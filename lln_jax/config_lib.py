@@ -70,6 +70,8 @@ def create_config(
     config.num_epochs = num_epochs
     config.log_every_steps = 50
     config.early_stop_drop = 3.0  # Stop when val mAP falls this many points below the best.
+    # After every epoch, the train split's loss on its false negatives (a pass over train).
+    config.diagnose_false_negatives = False
     config.data = dict(
         name=dataset,
         data_dir=ml_collections.config_dict.placeholder(str),  # TFDS's default when unset.

@@ -4,6 +4,7 @@ Intentionally kept short: everything else is importable from `lln_jax.train`.
 Set `LLN_MULTIHOST=1` on every host of a multi-host (TPU pod) run.
 """
 
+import logging as python_logging
 import os
 
 from absl import app, flags, logging
@@ -15,9 +16,15 @@ config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_con
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _quiet_orbax(record) -> bool:
+    """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
+    return record.levelno >= python_logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_quiet_orbax)
     # TensorFlow (TFDS, the metric writers) must never take the accelerator.
     import tensorflow as tf
 

@@ -68,6 +68,30 @@ def mean_average_precision(
     return float(100.0 * np.mean(average_precisions(scores, labels)))
 
 
+def unobserved_losses(
+    scores: np.ndarray, labels_true: np.ndarray, labels_obs: np.ndarray
+) -> dict[str, float]:
+    """Mean assume-negative loss `-log(1 - p)` of the unobserved entries, by their truth.
+
+    The paper's diagnosis: under assume-negative training the loss of the *false negatives*
+    (unobserved true positives) first stays large, then falls as the model memorises them.
+
+    Args:
+      scores: `[N, C]` sigmoid scores.
+      labels_true: `[N, C]` clean labels in {0, 1}.
+      labels_obs: `[N, C]` observed labels in {-1, 0, 1}.
+
+    Returns:
+      `{"false_negative": ..., "true_negative": ...}`, NaN where a set is empty.
+    """
+    scores = np.clip(np.asarray(scores, np.float64), 0.0, 1.0 - 1e-7)
+    loss = -np.log1p(-scores)
+    unobserved = np.asarray(labels_obs) == 0
+    positive = np.asarray(labels_true) == 1
+    sets = {"false_negative": unobserved & positive, "true_negative": unobserved & ~positive}
+    return {name: float(loss[m].mean()) if m.any() else float("nan") for name, m in sets.items()}
+
+
 def gather_to_host(tree):
     """Brings (possibly multi-host sharded) global arrays to every host as numpy arrays."""
     if jax.process_count() == 1:
@@ -82,9 +106,20 @@ class MeanAveragePrecision(clu_metrics.CollectingMetric.from_outputs(("scores", 
     Merge it on the host (outside jit), from outputs passed through `gather_to_host`.
     """
 
-    def compute(self) -> float:
+    @classmethod
+    def from_model_output(cls, **outputs) -> "MeanAveragePrecision":
+        # Kept as numpy: clu's version makes device arrays of host data (a needless copy).
+        return cls({name: (np.asarray(outputs[name]),) for name in ("scores", "labels", "mask")})
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The collected `scores` and `labels`, concatenated, padding rows removed."""
         values = super().compute()
-        return mean_average_precision(values["scores"], values["labels"], values["mask"])
+        keep = values["mask"] > 0
+        return {"scores": values["scores"][keep], "labels": values["labels"][keep]}
+
+    def compute(self) -> float:
+        values = self.arrays()
+        return mean_average_precision(values["scores"], values["labels"])
 
 
 @flax.struct.dataclass

@@ -124,9 +124,9 @@ def max_num_selected(epoch_rate_fn: Callable, *, num_entries: int, num_epochs: i
 
     Evaluated with the same float32 arithmetic as the traced k, so the two always agree.
     """
-    epochs = np.arange(1, max(num_epochs, 1) + 1)
-    k = num_selected(jax.vmap(epoch_rate_fn)(jnp.asarray(epochs)), num_entries)
-    return int(np.clip(np.max(np.asarray(k)), 1, num_entries))
+    epochs = jax.device_put(np.arange(1, max(num_epochs, 1) + 1, dtype=np.int32))
+    k = jax.jit(lambda e: num_selected(jax.vmap(epoch_rate_fn)(e), num_entries))(epochs)
+    return int(np.clip(np.max(jax.device_get(k)), 1, num_entries))
 
 
 # ----------------------------------------------------------------------------- selection

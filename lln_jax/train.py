@@ -89,27 +89,16 @@ def check_and_write_config(config: ml_collections.ConfigDict, workdir: str, has_
 
 
 def create_splits(data_config: ml_collections.ConfigDict) -> dict[str, input_pipeline.Split]:
-    """Prepares (where possible) and opens the data set; train/val/test splits."""
-    spec = datasets.get(data_config.name)
-    builder = datasets.prepare(data_config.name, data_config.data_dir)
-    sources = {
-        split: builder.as_data_source(split=split, decoders={"image": _skip_decoding()})
-        for split in (spec.train_split, spec.test_split)
-    }
+    """Opens the data set (preparing it where possible); train/val/test splits."""
+    train_source, test_source = datasets.open_splits(data_config.name, data_config.data_dir)
     return input_pipeline.create_splits(
-        sources[spec.train_split],
-        sources[spec.test_split],
+        train_source,
+        test_source,
         label_setting=data_config.label_setting,
         observed_seed=data_config.observed_seed,
         split_seed=data_config.split_seed,
         val_frac=data_config.val_frac,
     )
-
-
-def _skip_decoding():
-    import tensorflow_datasets as tfds  # Imported late: TFDS is only needed to open data.
-
-    return tfds.decode.SkipDecoding()
 
 
 def _check_batch_sizes(data_config, num_devices: int) -> None:
@@ -120,11 +109,11 @@ def _check_batch_sizes(data_config, num_devices: int) -> None:
             )
 
 
-def _evaluate(jit_eval_step, state, split, data_config, data_sharding) -> float:
-    """mAP (percent) of `state` on a whole split against its true labels."""
+def _predict(jit_eval_step, state, split, data_config, data_sharding) -> dict[str, np.ndarray]:
+    """Scores, true labels and mask of a whole split, in row order, on the host."""
     batch_size = data_config.eval_batch_size
     num_batches = input_pipeline.steps_per_epoch(split.num_examples, batch_size)
-    metric = metrics.MeanAveragePrecision.empty()
+    collected = metrics.MeanAveragePrecision.empty()
     for batch in input_pipeline.batches(
         split,
         batch_size=batch_size,
@@ -136,18 +125,22 @@ def _evaluate(jit_eval_step, state, split, data_config, data_sharding) -> float:
         num_workers=data_config.num_workers,
     ):
         outputs = jit_eval_step(state, input_pipeline.to_global(batch, data_sharding))
-        host = metrics.gather_to_host(outputs)
-        metric = metric.merge(metrics.MeanAveragePrecision.from_model_output(**host))
-    return metric.compute()
+        update = metrics.MeanAveragePrecision.from_model_output(**metrics.gather_to_host(outputs))
+        collected = collected.merge(update)
+    return collected
 
 
 def _log_train_metrics(writer, step: int, train_metrics, lr_fn) -> None:
-    """Writes the merged train metrics; a non-finite loss stops the run before any save."""
+    """Writes the merged train metrics; a non-finite loss or norm stops the run.
+
+    Called before every save, so no checkpoint ever holds a diverged state.
+    """
     values = jax.device_get(train_metrics.compute())
-    if not np.isfinite(values["loss"]):
+    bad = [name for name in ("loss", "grad_norm", "param_norm") if not np.isfinite(values[name])]
+    if bad:
         raise NonFiniteLossError(
-            f"non-finite training loss ({values['loss']}) by step {step}; stopping without "
-            "saving, so the last checkpoint in the workdir is the last good state"
+            f"non-finite {', '.join(bad)} by step {step} ({ {k: float(values[k]) for k in bad} }); "
+            "stopped without saving: the newest checkpoint in the workdir is the last good state"
         )
     scalars = {f"train/{name}": float(value) for name, value in values.items()}
     scalars["train/learning_rate"] = lr_fn(step)
@@ -231,17 +224,23 @@ class _Run:
             scheme=self.scheme,
             image_shape=image_shape,
         )
-        rng = jax.random.PRNGKey(self.config.seed)
-        return jax.jit(create, out_shardings=self.replicated)(rng)
+        seed = jax.device_put(np.int32(self.config.seed), self.replicated)
+        init = jax.jit(lambda s: create(jax.random.PRNGKey(s)), out_shardings=self.replicated)
+        return init(seed)
+
+    def predict(self, state: TrainState, split_name: str) -> metrics.MeanAveragePrecision:
+        split = self.splits[split_name]
+        return _predict(self.jit_eval_step, state, split, self.config.data, self.data_sharding)
 
     def evaluate(self, state: TrainState, split_name: str) -> float:
-        return _evaluate(
-            self.jit_eval_step,
-            state,
-            self.splits[split_name],
-            self.config.data,
-            self.data_sharding,
-        )
+        """mAP (percent) on a whole split against its true labels."""
+        return self.predict(state, split_name).compute()
+
+    def unobserved_train_losses(self, state: TrainState) -> dict[str, float]:
+        """The losses of the train split's false and true negatives (a diagnosis)."""
+        scores = self.predict(state, "train").arrays()["scores"]
+        train = self.splits["train"]
+        return metrics.unobserved_losses(scores, train.labels_true, train.labels_obs)
 
     def train_batches(self, start: int):
         data = self.config.data
@@ -265,6 +264,9 @@ def _end_of_epoch(run: _Run, state: TrainState, step: int, record: dict) -> bool
     if val_map > record["best_val_map"]:  # Strictly greater, as the reference.
         record.update(best_val_map=val_map, best_epoch=epoch)
         run.checkpointer.save_best(step, state)
+    if run.config.diagnose_false_negatives:
+        for name, value in run.unobserved_train_losses(state).items():
+            record.setdefault(f"train_{name}_loss", []).append(value)
     stop = val_map < record["best_val_map"] - run.config.early_stop_drop
     record["stopped_early"] = bool(stop)
     logging.info(
@@ -273,6 +275,14 @@ def _end_of_epoch(run: _Run, state: TrainState, step: int, record: dict) -> bool
         "; stopping early" if stop else "",
     )  # fmt: skip
     return stop
+
+
+def _epoch_scalars(record: dict) -> dict[str, float]:
+    scalars = {"val/map": record["val_map"][-1]}
+    for name in ("false_negative", "true_negative"):
+        if f"train_{name}_loss" in record:
+            scalars[f"train/{name}_loss"] = record[f"train_{name}_loss"][-1]
+    return scalars
 
 
 def _train(run: _Run, state: TrainState, record: dict, writer) -> TrainState:
@@ -289,13 +299,14 @@ def _train(run: _Run, state: TrainState, record: dict, writer) -> TrainState:
         step += 1
         report(step)
         epoch_ends = step % run.steps_per_epoch == 0
-        if step % config.log_every_steps == 0 or epoch_ends or preemption.requested:
+        save = epoch_ends or step % config.checkpoint.every_steps == 0 or preemption.requested
+        if step % config.log_every_steps == 0 or save:
             _log_train_metrics(writer, step, train_metrics, run.lr_fn)
             train_metrics = None
         stop = epoch_ends and _end_of_epoch(run, state, step, record)
         if epoch_ends:
-            writer.write_scalars(step, {"val/map": record["val_map"][-1]})
-        if epoch_ends or step % config.checkpoint.every_steps == 0 or preemption.requested:
+            writer.write_scalars(step, _epoch_scalars(record))
+        if save:
             run.checkpointer.save(step, state, record)
         if stop or preemption.requested:
             break
@@ -313,6 +324,7 @@ def _finish(run: _Run, state: TrainState, record: dict, writer, elapsed: float) 
         "best_val_map": record["best_val_map"],
         "test_map": test_map,
         "stopped_early": record["stopped_early"],
+        **{key: value for key, value in record.items() if key.endswith("negative_loss")},
         "observed_labels_sha256": record["observed_labels_sha256"],
         "train_seconds_this_session": elapsed,
         "config": json.loads(run.config.to_json_best_effort()),
@@ -354,13 +366,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if not has_checkpoint:
         writer.write_hparams(_flat(config))
     start = time.time()
-    finished = record["stopped_early"] or int(jax.device_get(state.step)) >= run.total_steps
-    if not finished:
-        state = _train(run, state, record, writer)
-    run.checkpointer.wait_until_finished()
-    step = int(jax.device_get(state.step))
-    if record["stopped_early"] or step >= run.total_steps:
-        _finish(run, state, record, writer, time.time() - start)
-    writer.flush()
-    run.checkpointer.close()
+    try:
+        if not (record["stopped_early"] or int(jax.device_get(state.step)) >= run.total_steps):
+            state = _train(run, state, record, writer)
+        run.checkpointer.wait_until_finished()
+        if record["stopped_early"] or int(jax.device_get(state.step)) >= run.total_steps:
+            _finish(run, state, record, writer, time.time() - start)
+    finally:  # Even on an error, the saves already started complete.
+        run.checkpointer.wait_until_finished()
+        run.checkpointer.close()
+        writer.flush()
     return state

@@ -57,3 +57,17 @@ def prepare(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
             f"run `python -m lln_jax.prepare {name}` first"
         )
     return data_builder
+
+
+def open_splits(name: str, data_dir: str | None) -> tuple:
+    """Prepares (where possible) and opens `(train_source, test_source)` of `name`.
+
+    Sources are random-access by row; `image` stays encoded (bytes), so that the input
+    pipeline decodes and resizes it in one step.
+    """
+    spec, data_builder = get(name), prepare(name, data_dir)
+    decoders = {"image": tfds.decode.SkipDecoding()}
+    return tuple(
+        data_builder.as_data_source(split=split, decoders=decoders)
+        for split in (spec.train_split, spec.test_split)
+    )

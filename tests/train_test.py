@@ -1,0 +1,169 @@
+"""End to end: train_and_evaluate on the embedded data set; resume; bad input."""
+
+import functools
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lln_jax import checkpointing, datasets, models, sharding, train
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tfds")
+    datasets.prepare("digit_mosaics_small", str(path))
+    return str(path)
+
+
+def _config(data_dir, arg="scheme=ll_cp,runlocal", **overrides):
+    spec = importlib.util.spec_from_file_location("digits", CONFIG_DIR / "digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    config.data.data_dir = data_dir
+    config.data.eval_batch_size = 64
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+def test_train_and_evaluate_end_to_end(data_dir, tmp_path):
+    config = _config(data_dir)
+    # No implicit host<->device transfer anywhere in the loop: every one is explicit.
+    with jax.transfer_guard("disallow"):
+        state = train.train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 2 * 15  # 240 train examples, batch 16, 2 epochs.
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["val_map"]) == 2
+    assert results["best_epoch"] in (1, 2)
+    assert 0.0 < results["test_map"] <= 100.0
+    assert results["config"]["scheme"]["name"] == "ll_cp"
+    assert json.loads((tmp_path / "config.json").read_text())["data"]["name"] == (
+        "digit_mosaics_small"
+    )
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+    assert int(np.asarray(state.scheme_state.corrected).sum()) > 0  # LL-Cp corrected entries.
+
+    # The same command again finds the run finished: no training, the same test result.
+    again = train.train_and_evaluate(config, str(tmp_path))
+    assert int(again.step) == int(state.step)
+    assert json.loads((tmp_path / "results.json").read_text())["test_map"] == results["test_map"]
+
+    # Another config in this workdir is refused, naming what differs.
+    other = _config(data_dir, **{"scheme.delta_rel": 0.5})
+    with pytest.raises(ValueError, match=r"different config \(scheme\.delta_rel: 0\.01 -> 0\.5"):
+        train.train_and_evaluate(other, str(tmp_path))
+
+
+def _command(data_dir, workdir):
+    return [
+        sys.executable, "-m", "lln_jax.main",
+        f"--config={CONFIG_DIR / 'digits.py'}:scheme=ll_cp,runlocal",
+        f"--config.data.data_dir={data_dir}", "--config.num_epochs=4",
+        "--config.checkpoint.every_steps=4", f"--workdir={workdir}",
+    ]  # fmt: skip
+
+
+def _final_state(workdir):
+    checkpointer = checkpointing.Checkpointer(f"{workdir}/checkpoints")
+    step = checkpointer.latest_step()
+    directory = f"{workdir}/checkpoints/latest/{step}/state"
+    import orbax.checkpoint as ocp
+
+    restored = ocp.StandardCheckpointer().restore(directory)
+    checkpointer.close()
+    return step, restored
+
+
+def test_a_killed_run_resumes_to_the_same_parameters(data_dir, tmp_path):
+    environment = dict(os.environ, JAX_PLATFORMS="cpu")
+    uninterrupted, interrupted = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(_command(data_dir, uninterrupted), env=environment, check=True, timeout=600,
+                   capture_output=True)  # fmt: skip
+    process = subprocess.Popen(_command(data_dir, interrupted), env=environment,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while not (interrupted / "checkpoints" / "latest" / "20").exists():  # Mid-epoch 2.
+        assert process.poll() is None and time.time() < deadline, "the run ended before a kill"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (interrupted / "results.json").exists()
+    subprocess.run(_command(data_dir, interrupted), env=environment, check=True, timeout=600,
+                   capture_output=True)  # fmt: skip
+
+    whole_step, whole = _final_state(uninterrupted)
+    killed_step, killed = _final_state(interrupted)
+    assert whole_step == killed_step == 4 * 15
+    chex.assert_trees_all_equal(killed, whole)  # Bit for bit, LL-Cp's table included.
+    results = [json.loads((d / "results.json").read_text()) for d in (uninterrupted, interrupted)]
+    assert results[0]["val_map"] == results[1]["val_map"]
+    assert results[0]["test_map"] == results[1]["test_map"]
+
+
+class _DivergingModel(nn.Module):
+    """A linear model whose logits turn NaN after `diverge_after` training steps."""
+
+    num_classes: int
+    diverge_after: int
+
+    @nn.compact
+    def __call__(self, images, train):
+        calls = self.variable("batch_stats", "calls", lambda: jnp.zeros((), jnp.int32))
+        flat = images.reshape(images.shape[0], -1).astype(jnp.float32) / 255.0
+        logits = nn.Dense(self.num_classes, name="fc")(flat)
+        if train and not self.is_initializing():
+            calls.value += 1
+        return jnp.where(calls.value > self.diverge_after, jnp.nan, 1.0) * logits
+
+
+def test_a_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(
+    data_dir, tmp_path, monkeypatch
+):
+    diverging = functools.partial(_DivergingModel, diverge_after=7)
+    monkeypatch.setitem(models.MODELS, "diverging", diverging)
+    config = _config(data_dir, **{"model.name": "diverging", "checkpoint.every_steps": 3})
+    with pytest.raises(
+        train.NonFiniteLossError, match="non-finite loss, grad_norm, param_norm by step 9"
+    ):
+        train.train_and_evaluate(config, str(tmp_path))
+    checkpointer = checkpointing.Checkpointer(f"{tmp_path}/checkpoints")
+    assert checkpointer.latest_step() == 6  # Steps 1-7 were finite; 9 was not saved.
+    state = train._Run(config, str(tmp_path)).init_state()
+    restored, _ = checkpointer.restore_latest(
+        checkpointing.abstract_like(state, sharding.replicated(sharding.create_mesh()))
+    )
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params))
+    checkpointer.close()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        ({"data.name": "imagenet"}, r"Unknown data set 'imagenet'; valid data sets"),
+        ({"scheme.name": "ll_x"}, r"Unknown loss scheme 'll_x'; valid schemes"),
+        ({"model.name": "vit"}, r"Unknown model 'vit'; valid models"),
+        ({"data.batch_size": 12}, r"data.batch_size=12 must divide over 8 devices"),
+    ],
+)
+def test_bad_config_values_fail_with_a_clear_message(data_dir, tmp_path, overrides, error):
+    with pytest.raises(ValueError, match=error):
+        train.train_and_evaluate(_config(data_dir, **overrides), str(tmp_path))
