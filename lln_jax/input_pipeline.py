@@ -31,8 +31,14 @@ from lln_jax import observed_labels, preprocessing
 Batch = dict[str, np.ndarray]
 
 LABEL_SETTINGS: dict[str, Callable[..., np.ndarray]] = {
-    "single_positive": observed_labels.single_positive,
-    "full": lambda labels_true, seed: observed_labels.fully_observed(labels_true),
+    "single_positive": lambda labels_true, source, seed: observed_labels.single_positive(
+        labels_true, seed
+    ),
+    "full": lambda labels_true, source, seed: observed_labels.fully_observed(labels_true),
+    # The observed labels stored with the data (the official `_labels_obs.npy` files).
+    "stored": lambda labels_true, source, seed: _validate_observed(
+        read_labels(source, "labels_obs"), labels_true
+    ),
 }
 
 
@@ -58,11 +64,17 @@ class Split(NamedTuple):
         return len(self.rows)
 
 
-def read_labels(source: Any) -> np.ndarray:
-    """`[len(source), C]` int8 true labels, read record by record."""
-    return np.stack([np.asarray(source[row]["labels"]) for row in range(len(source))]).astype(
-        np.int8
-    )
+def read_labels(source: Any, key: str = "labels") -> np.ndarray:
+    """`[len(source), C]` int8 label vectors (`key` of every record), read record by record."""
+    if len(source) and key not in source[0]:
+        raise KeyError(f"the data set stores no {key!r}; choose another label_setting")
+    return np.stack([np.asarray(source[row][key]) for row in range(len(source))]).astype(np.int8)
+
+
+def _validate_observed(labels_obs: np.ndarray, labels_true: np.ndarray) -> np.ndarray:
+    if labels_obs.shape != labels_true.shape or not np.isin(labels_obs, (-1, 0, 1)).all():
+        raise ValueError(f"stored labels_obs must be {labels_true.shape} in {{-1, 0, 1}}")
+    return labels_obs
 
 
 def create_splits(
@@ -84,7 +96,7 @@ def create_splits(
             f"Unknown label_setting {label_setting!r}; valid: {sorted(LABEL_SETTINGS)}"
         )
     labels_all = observed_labels.validate_labels_true(read_labels(train_source))
-    labels_obs_all = LABEL_SETTINGS[label_setting](labels_all, seed=observed_seed)
+    labels_obs_all = LABEL_SETTINGS[label_setting](labels_all, train_source, observed_seed)
     train_rows, val_rows = observed_labels.train_val_split(len(labels_all), val_frac, split_seed)
     test_labels = observed_labels.validate_labels_true(read_labels(test_source))
     return {

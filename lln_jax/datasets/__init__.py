@@ -1,10 +1,12 @@
 """Data set registry: our name -> how TFDS finds (and, where possible, prepares) it."""
 
+import pathlib
 from typing import NamedTuple
 
 import tensorflow_datasets as tfds
 
-from lln_jax.datasets import digit_mosaics
+from lln_jax.datasets import coco, cub, digit_mosaics, formatted, voc
+from lln_jax.datasets.manual import ManualBuilder
 
 
 class DatasetSpec(NamedTuple):
@@ -28,6 +30,11 @@ class DatasetSpec(NamedTuple):
 DATASETS: dict[str, DatasetSpec] = {
     "digit_mosaics": DatasetSpec(digit_mosaics.DigitMosaics, "full", "train", "test", False),
     "digit_mosaics_small": DatasetSpec(digit_mosaics.DigitMosaics, "small", "train", "test", False),
+    "voc2012": DatasetSpec(voc.Voc2012, None, "train", "test", True),
+    "coco2014": DatasetSpec(coco.Coco2014, None, "train", "test", True),
+    "cub": DatasetSpec(cub.Cub, None, "train", "test", True),
+    "nuswide": DatasetSpec(formatted.NusWide, None, "train", "test", True),
+    "formatted": DatasetSpec(formatted.Formatted, None, "train", "test", True),
 }
 
 
@@ -38,24 +45,45 @@ def get(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
-def builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+def builder(name: str, data_dir: str | None, *, check_counts: bool = True):
     """The TFDS builder of `name` over `data_dir` (TFDS's default directory when None)."""
     spec = get(name)
+    options = {"check_counts": check_counts} if issubclass(spec.builder_cls, ManualBuilder) else {}
     return spec.builder_cls(
-        config=spec.builder_config, data_dir=data_dir, file_format="array_record"
+        config=spec.builder_config, data_dir=data_dir, file_format="array_record", **options
     )
 
 
-def prepare(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-    """Prepares `name` where it needs no download; otherwise checks it is prepared."""
-    spec, data_builder = get(name), builder(name, data_dir)
+def prepare(
+    name: str,
+    data_dir: str | None,
+    *,
+    manual_dir: str | None = None,
+    check_counts: bool = True,
+) -> tfds.core.DatasetBuilder:
+    """Prepares `name` once (from a package, or from the files in `manual_dir`).
+
+    Raises:
+      FileNotFoundError: a data set that needs downloaded files is not prepared and no
+        `manual_dir` is given, or the manual dir lacks a file (the message says what to
+        download, from where, and where to put it).
+      ValueError: the number of images differs from the spec's (with `check_counts`).
+    """
+    spec, data_builder = get(name), builder(name, data_dir, check_counts=check_counts)
+    if data_builder.is_prepared():
+        return data_builder
     if not spec.needs_download:
         data_builder.download_and_prepare()
-    elif not data_builder.is_prepared():
+        return data_builder
+    if manual_dir is None:
         raise FileNotFoundError(
-            f"data set {name!r} is not prepared under {data_builder.data_dir}; "
-            f"run `python -m lln_jax.prepare {name}` first"
+            f"data set {name!r} is not prepared under {data_builder.data_dir}; run "
+            f"`python -m lln_jax.prepare {name} --manual_dir=DIR` first.\n"
+            f"{spec.builder_cls.MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
+    data_builder.check_manual_dir(pathlib.Path(manual_dir))
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    data_builder.download_and_prepare(download_config=download_config)
     return data_builder
 
 

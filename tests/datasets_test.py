@@ -1,0 +1,270 @@
+"""The data set builders on tiny data sets written in each real on-disk format."""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lln_jax import datasets, input_pipeline, observed_labels, train
+from lln_jax.datasets import voc
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def _jpeg(path: pathlib.Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    size = (int(rng.integers(20, 60)), int(rng.integers(20, 60)))
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path, "JPEG")
+
+
+def _labels_of(name, data_dir, split="train"):
+    train_source, test_source = datasets.open_splits(name, str(data_dir))
+    source = train_source if split == "train" else test_source
+    return input_pipeline.read_labels(source), source
+
+
+def _prepare(name, tmp_path, manual):
+    return datasets.prepare(
+        name, str(tmp_path / "data"), manual_dir=str(manual), check_counts=False
+    )
+
+
+# ----------------------------------------------------------------------------- VOC
+
+
+VOC_TRAIN = {  # image id -> {class: flag}; unlisted classes are -1.
+    "2008_000003": {"aeroplane": 1, "person": 0},
+    "2008_000001": {"person": 1, "dog": 1},
+    "2008_000002": {"cat": 0},  # Only a difficult object: dropped.
+    "2008_000010": {"bird": 1, "tvmonitor": 1},
+    "2008_000005": {"sheep": 1},
+}
+VOC_VAL = {"2009_000001": {"train": 1}, "2009_000002": {"sofa": 1, "chair": 0}}
+
+
+def _write_voc(root: pathlib.Path) -> pathlib.Path:
+    devkit = root / "VOCdevkit" / "VOC2012"
+    for split, images in (("train", VOC_TRAIN), ("val", VOC_VAL)):
+        for name in voc.CLASS_NAMES:
+            lines = [f"{i} {flags.get(name, -1):>2}" for i, flags in images.items()]
+            path = devkit / "ImageSets" / "Main" / f"{name}_{split}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(lines) + "\n")
+        for seed, image_id in enumerate(images):
+            _jpeg(devkit / "JPEGImages" / f"{image_id}.jpg", seed)
+    return root
+
+
+def _row(*classes, names=voc.CLASS_NAMES):
+    row = np.zeros(len(names), np.int8)
+    row[[names.index(c) for c in classes]] = 1
+    return row
+
+
+def test_voc_rows_classes_and_the_difficult_rule(tmp_path):
+    _prepare("voc2012", tmp_path, _write_voc(tmp_path / "manual"))
+    labels, source = _labels_of("voc2012", tmp_path / "data")
+    expected = np.stack([
+        _row("dog", "person"),  # 2008_000001
+        _row("aeroplane"),  # 2008_000003: the difficult person is negative
+        _row("sheep"),  # 2008_000005
+        _row("bird", "tvmonitor"),  # 2008_000010; 2008_000002 (difficult only) dropped
+    ])  # fmt: skip
+    np.testing.assert_array_equal(labels, expected)
+    assert [int(source[i]["example_id"]) for i in range(4)] == [0, 1, 2, 3]
+    test_labels, _ = _labels_of("voc2012", tmp_path / "data", "test")
+    np.testing.assert_array_equal(test_labels, np.stack([_row("train"), _row("sofa")]))
+
+
+def test_a_corrupt_image_names_the_file_and_leaves_nothing_finished(tmp_path):
+    manual = _write_voc(tmp_path / "manual")
+    bad = manual / "VOCdevkit/VOC2012/JPEGImages/2008_000010.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(ValueError, match=r"cannot decode image .*2008_000010\.jpg"):
+        _prepare("voc2012", tmp_path, manual)
+    builder = datasets.builder("voc2012", str(tmp_path / "data"))
+    assert not builder.is_prepared()
+    with pytest.raises(FileNotFoundError, match="not prepared"):
+        datasets.open_splits("voc2012", str(tmp_path / "data"))
+
+
+def test_a_missing_manual_dir_says_what_to_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"(?s)VOCtrainval_11-May-2012\.tar.*VOCdevkit"):
+        datasets.prepare("voc2012", str(tmp_path / "data"), manual_dir=str(tmp_path / "none"))
+    with pytest.raises(FileNotFoundError, match=r"(?s)prepare coco2014 --manual_dir.*cocodataset"):
+        datasets.prepare("coco2014", str(tmp_path / "data"))
+
+
+def test_counts_are_checked_against_the_spec(tmp_path):
+    manual = _write_voc(tmp_path / "manual")
+    with pytest.raises(ValueError, match="found 4 images, the spec expects 5717"):
+        datasets.prepare("voc2012", str(tmp_path / "data"), manual_dir=str(manual))
+
+
+# ----------------------------------------------------------------------------- COCO
+
+
+def _write_coco(root: pathlib.Path) -> pathlib.Path:
+    # 80 categories whose JSON order is not their id order: the index is the position.
+    ids = list(np.random.default_rng(0).permutation(np.arange(1, 91))[:80].tolist())
+    categories = [{"id": i, "name": f"c{i}"} for i in ids]
+    splits = {
+        "train2014": {
+            "images": [5, 10, 100, 7, 3],  # 3 has no annotation: left out.
+            "annotations": [
+                (10, ids[2], 1),  # A crowd annotation still counts.
+                (100, ids[0], 0), (100, ids[0], 0), (100, ids[79], 0),
+                (5, ids[5], 0), (7, ids[1], 0), (7, ids[3], 1),
+            ],
+        },
+        "val2014": {"images": [42, 8], "annotations": [(42, ids[4], 0), (8, ids[6], 0)]},
+    }  # fmt: skip
+    for split, content in splits.items():
+        images = [{"id": i, "file_name": f"COCO_{split}_{i:012d}.jpg"} for i in content["images"]]
+        annotations = [
+            {"id": n, "image_id": i, "category_id": c, "iscrowd": crowd}
+            for n, (i, c, crowd) in enumerate(content["annotations"])
+        ]
+        path = root / "annotations" / f"instances_{split}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories})
+        )
+        for seed, image in enumerate(images):
+            _jpeg(root / split / image["file_name"], seed)
+    return root
+
+
+def test_coco_rows_by_string_id_category_position_and_crowd(tmp_path):
+    _prepare("coco2014", tmp_path, _write_coco(tmp_path / "manual"))
+    labels, _ = _labels_of("coco2014", tmp_path / "data")
+    expected = np.zeros((4, 80), np.int8)
+    for row, positives in enumerate([[2], [0, 79], [5], [1, 3]]):  # ids "10", "100", "5", "7"
+        expected[row, positives] = 1
+    np.testing.assert_array_equal(labels, expected)
+    test_labels, _ = _labels_of("coco2014", tmp_path / "data", "test")
+    np.testing.assert_array_equal(np.argmax(test_labels, axis=1), [4, 6])  # "42", "8"
+
+
+# ----------------------------------------------------------------------------- CUB
+
+
+def _write_cub(root: pathlib.Path, num_images=6) -> tuple[pathlib.Path, np.ndarray]:
+    base = root / "CUB_200_2011"
+    (base / "attributes").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    present = (rng.random((num_images, 312)) < 0.1).astype(np.int8)
+    is_train = [1, 0, 1, 1, 0, 1]
+    paths = [f"00{i % 2 + 1}.Bird/Bird_{i + 1}.jpg" for i in range(num_images)]
+    (base / "images.txt").write_text("".join(f"{i + 1} {p}\n" for i, p in enumerate(paths)))
+    (base / "train_test_split.txt").write_text(
+        "".join(f"{i + 1} {t}\n" for i, t in enumerate(is_train))
+    )
+    lines = []
+    for i in range(num_images):
+        for a in range(312):
+            certainty = int(rng.integers(1, 5))
+            extra = " 0" if (i, a) == (2, 7) else ""  # The official file's odd lines.
+            lines.append(f"{i + 1} {a + 1} {present[i, a]} {certainty} 12.5{extra}\n")
+    (base / "attributes" / "image_attribute_labels.txt").write_text("".join(lines))
+    for seed, path in enumerate(paths):
+        _jpeg(base / "images" / path, seed)
+    return root, present[np.asarray(is_train) == 1], present[np.asarray(is_train) == 0]
+
+
+def test_cub_attributes_split_and_row_order(tmp_path):
+    manual, train_expected, test_expected = _write_cub(tmp_path / "manual")
+    _prepare("cub", tmp_path, manual)
+    labels, _ = _labels_of("cub", tmp_path / "data")
+    np.testing.assert_array_equal(labels, train_expected)
+    test_labels, _ = _labels_of("cub", tmp_path / "data", "test")
+    np.testing.assert_array_equal(test_labels, test_expected)
+
+
+# ----------------------------------------------------------------------------- formatted
+
+
+def _write_formatted(root: pathlib.Path, num_classes=81, with_observed=True):
+    rng = np.random.default_rng(2)
+    for split, count in (("train", 12), ("val", 4)):
+        names = np.array([f"Flickr/{split}_{i}.jpg" for i in range(count)])
+        labels = (rng.random((count, num_classes)) < 0.05).astype(np.int64)
+        labels[0] = 0  # NUS-WIDE has images without a positive.
+        np.save(root / f"formatted_{split}_images.npy", names)
+        np.save(root / f"formatted_{split}_labels.npy", labels)
+        for seed, name in enumerate(names):
+            _jpeg(root / "images" / name, seed)
+    train_labels = np.load(root / "formatted_train_labels.npy")
+    observed = observed_labels.single_positive(train_labels, seed=7)
+    if with_observed:
+        np.save(root / "formatted_train_labels_obs.npy", observed)
+    return root, train_labels, observed
+
+
+def test_formatted_files_and_stored_observed_labels(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    _, train_labels, observed = _write_formatted(manual)
+    _prepare("nuswide", tmp_path, manual)
+    labels, source = _labels_of("nuswide", tmp_path / "data")
+    np.testing.assert_array_equal(labels, train_labels)
+    np.testing.assert_array_equal(input_pipeline.read_labels(source, "labels_obs"), observed)
+    splits = input_pipeline.create_splits(
+        *datasets.open_splits("nuswide", str(tmp_path / "data")),
+        label_setting="stored", observed_seed=0, split_seed=1200, val_frac=0.2,
+    )  # fmt: skip
+    train_rows, _ = observed_labels.train_val_split(12)
+    np.testing.assert_array_equal(splits["train"].labels_obs, observed[train_rows])
+
+
+def test_prepared_weak_labels_and_split_follow_the_protocol(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    _, train_labels, _ = _write_formatted(manual, num_classes=5, with_observed=False)
+    _prepare("formatted", tmp_path, manual)
+    splits = input_pipeline.create_splits(
+        *datasets.open_splits("formatted", str(tmp_path / "data")),
+        label_setting="single_positive", observed_seed=1200, split_seed=1200, val_frac=0.2,
+    )  # fmt: skip
+    train_rows, val_rows = observed_labels.train_val_split(12, 0.2, 1200)
+    np.testing.assert_array_equal(splits["train"].rows, train_rows)
+    np.testing.assert_array_equal(splits["val"].rows, val_rows)
+    expected = observed_labels.single_positive(train_labels, 1200)
+    np.testing.assert_array_equal(splits["train"].labels_obs, expected[train_rows])
+    np.testing.assert_array_equal(splits["val"].labels_true, train_labels[val_rows])
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _config(name, data_dir):
+    spec = importlib.util.spec_from_file_location(name, CONFIG_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("scheme=ll_cp,runlocal")
+    config.data.data_dir = data_dir
+    config.num_epochs = 1
+    return config
+
+
+@pytest.mark.parametrize("config_name", ["voc", "coco", "cub", "nuswide"])
+def test_one_short_epoch_on_each_tiny_prepared_set(tmp_path, config_name):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    name = {"voc": "voc2012", "coco": "coco2014", "cub": "cub", "nuswide": "nuswide"}
+    writers = {
+        "voc": _write_voc,
+        "coco": _write_coco,
+        "cub": _write_cub,
+        "nuswide": _write_formatted,
+    }
+    writers[config_name](manual)
+    _prepare(name[config_name], tmp_path, manual)
+    config = _config(config_name, str(tmp_path / "data"))
+    train.train_and_evaluate(config, str(tmp_path / "work"))
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert len(results["val_map"]) == 1 and 0.0 <= results["test_map"] <= 100.0
