@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 from lln_jax import observed_labels, preprocessing
 
@@ -208,6 +209,8 @@ def batches(
     dataset = grain.MapDataset.range(start, stop).map(loader)
     iterator = dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
     if num_workers > 0:
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (notebooks, tests).
+            flags.FLAGS.mark_as_parsed()
         iterator = iterator.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(iterator)
 

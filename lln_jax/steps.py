@@ -33,6 +33,7 @@ def train_step(
             {"params": params, "batch_stats": state.batch_stats},
             batch["image"],
             train=True,
+            mask=batch["mask"],
             mutable=["batch_stats"],
             rngs={"dropout": rng},
         )

@@ -154,3 +154,18 @@ def test_unknown_data_set_and_label_setting_list_the_valid_ones():
             _source(), _source(), label_setting="partial",
             observed_seed=0, split_seed=0, val_frac=0.2,
         )  # fmt: skip
+
+
+def test_worker_processes_give_the_same_batches(tmp_path):
+    train, test = datasets.open_splits("digit_mosaics_small", str(tmp_path))
+    splits = input_pipeline.create_splits(
+        train, test, label_setting="single_positive", observed_seed=1200, split_seed=1200,
+        val_frac=0.2,
+    )  # fmt: skip
+    common = dict(batch_size=16, image_size=SIZE, seed=3, train=True, start=2, stop=6)
+    in_process = list(input_pipeline.batches(splits["train"], **common))
+    with_workers = list(input_pipeline.batches(splits["train"], num_workers=2, **common))
+    assert len(in_process) == len(with_workers) == 4
+    for a, b in zip(in_process, with_workers, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])

@@ -69,3 +69,32 @@ def test_train_mode_updates_batch_stats_and_eval_mode_uses_them():
 def test_unknown_model_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"'resnet51'.*resnet50"):
         models.create("resnet51", num_classes=3)
+
+
+def test_batchnorm_ignores_padding_rows_and_keeps_pytorchs_running_variance():
+    model = models.create("resnet_tiny", num_classes=4)
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    padded = np.concatenate([real, real[:1], real[:1]])  # Two padding rows repeat row 0.
+    variables = model.init(jax.random.PRNGKey(0), jnp.asarray(real), train=False)
+    logits, stats = model.apply(variables, real, train=True, mutable=["batch_stats"])
+    mask = jnp.array([1.0, 1.0, 1.0, 0.0, 0.0])
+    padded_logits, padded_stats = model.apply(
+        variables, padded, train=True, mask=mask, mutable=["batch_stats"]
+    )
+    np.testing.assert_allclose(padded_logits[:3], logits, rtol=1e-5, atol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), padded_stats, stats
+    )
+    # The stem's running variance moves towards the *unbiased* batch variance (PyTorch).
+    x = np.asarray(
+        jax.lax.conv_general_dilated(
+            models.resnet.normalize(jnp.asarray(real)),
+            variables["params"]["conv1"]["kernel"], (2, 2), ((3, 3), (3, 3)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+    )  # fmt: skip
+    unbiased = x.reshape(-1, x.shape[-1]).var(axis=0, ddof=1)
+    np.testing.assert_allclose(
+        stats["batch_stats"]["bn1"]["var"], 0.9 * 1.0 + 0.1 * unbiased, rtol=1e-4
+    )

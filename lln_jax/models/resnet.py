@@ -2,9 +2,8 @@
 
 Stride 2 sits on the 3x3 convolution of a bottleneck ("v1.5"); module names follow
 torchvision's state dict (`conv1`, `bn1`, `layer1_0`, `downsample_conv`, `fc`) so that
-ImageNet weights map one to one. BatchNorm uses PyTorch's eps 1e-5 and momentum 0.1
-(Flax momentum 0.9). The head is initialised like PyTorch's `nn.Linear` default: weight and
-bias uniform in +-1/sqrt(fan_in).
+ImageNet weights map one to one. BatchNorm is PyTorch's (see `BatchNorm`). The head is
+initialised like PyTorch's `nn.Linear` default: weight and bias uniform in +-1/sqrt(fan_in).
 """
 
 import functools
@@ -39,6 +38,52 @@ def normalize(images: jax.Array) -> jax.Array:
     return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
 
 
+class BatchNorm(nn.Module):
+    """PyTorch's `BatchNorm2d` over the real rows of a (possibly padded) batch.
+
+    Training normalises with the biased batch variance and updates the running variance
+    with the unbiased one (`n / (n - 1)`), as PyTorch does (Flax's BatchNorm uses the biased
+    one for both); momentum 0.1 in PyTorch's convention, eps 1e-5. Padding rows (`mask` 0)
+    count in no statistic, so a padded last batch normalises like the reference's smaller
+    one. Under `jit` over a batch-sharded array the statistics are global (synced).
+    """
+
+    use_running_average: bool
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        x = x.astype(jnp.float32)
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            mean, var, count = _masked_moments(x, mask)
+            if not self.is_initializing():
+                unbiased = var * count / jnp.maximum(count - 1.0, 1.0)
+                ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
+                ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
+        y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+        return y.astype(self.dtype)
+
+
+def _masked_moments(x: jax.Array, mask: jax.Array | None):
+    """Per-channel mean, biased variance and element count over the rows where mask > 0."""
+    weight = jnp.ones(x.shape[:1], jnp.float32) if mask is None else (mask > 0).astype(jnp.float32)
+    weight = weight.reshape((-1,) + (1,) * (x.ndim - 1))
+    axes = tuple(range(x.ndim - 1))
+    count = jnp.sum(weight) * (x.size // (x.shape[0] * x.shape[-1]))
+    mean = jnp.sum(x * weight, axes) / jnp.maximum(count, 1.0)
+    var = jnp.sum(jnp.square(x - mean) * weight, axes) / jnp.maximum(count, 1.0)
+    return mean, var, count
+
+
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (strided) -> 1x1 with a projection shortcut where the shape changes."""
 
@@ -49,17 +94,18 @@ class Bottleneck(nn.Module):
     expansion: int = 4
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         out_features = self.width * self.expansion
-        y = nn.relu(self.norm(name="bn1")(self.conv(self.width, (1, 1), name="conv1")(x)))
+        y = self.conv(self.width, (1, 1), name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y, mask))
         y = self.conv(
             self.width, (3, 3), strides=self.strides, padding=((1, 1), (1, 1)), name="conv2"
         )(y)
-        y = nn.relu(self.norm(name="bn2")(y))
-        y = self.norm(name="bn3")(self.conv(out_features, (1, 1), name="conv3")(y))
+        y = nn.relu(self.norm(name="bn2")(y, mask))
+        y = self.norm(name="bn3")(self.conv(out_features, (1, 1), name="conv3")(y), mask)
         if self.strides != 1 or x.shape[-1] != out_features:
             x = self.conv(out_features, (1, 1), strides=self.strides, name="downsample_conv")(x)
-            x = self.norm(name="downsample_bn")(x)
+            x = self.norm(name="downsample_bn")(x, mask)
         return nn.relu(x + y)
 
 
@@ -81,26 +127,28 @@ class ResNet(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-        """`[B, H, W, 3]` pixels in [0, 255] (uint8 or float) -> `[B, C]` float32 logits."""
+    def __call__(self, images: jax.Array, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        """`[B, H, W, 3]` pixels in [0, 255] (uint8 or float) -> `[B, C]` float32 logits.
+
+        `mask` `[B]` marks the real rows of a padded batch; BatchNorm ignores the others.
+        """
         conv = functools.partial(
             nn.Conv, use_bias=False, padding="VALID", kernel_init=conv_init, dtype=self.dtype
         )
-        norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-            dtype=self.dtype,
-        )  # fmt: skip
+        norm = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
         x = conv(self.stem_width, (7, 7), strides=2, padding=((3, 3), (3, 3)), name="conv1")(
             normalize(images).astype(self.dtype)
         )
-        x = nn.relu(norm(name="bn1")(x))
+        x = nn.relu(norm(name="bn1")(x, mask))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, (num_blocks, width) in enumerate(
             zip(self.stage_sizes, self.stage_widths, strict=True)
         ):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = Bottleneck(width, strides, conv, norm, name=f"layer{stage + 1}_{block}")(x)
+                x = Bottleneck(width, strides, conv, norm, name=f"layer{stage + 1}_{block}")(
+                    x, mask
+                )
         x = jnp.mean(x, axis=(1, 2))
         fan_in = x.shape[-1]
         head = nn.Dense(

@@ -1,0 +1,115 @@
+"""Input throughput: decoded, resized (448x448), flipped images per second.
+
+Writes real photographs (scikit-learn's two bundled sample photos, cropped, flipped and
+resized into COCO-like 640x480 JPEGs) as the official code's formatted files, prepares them
+with the `formatted` builder, and times (1) the per-image work on one core
+(`preprocessing.load_image`: decode, resize, flip) and (2) the whole grain pipeline of
+training batches with 0 (in-process threads), 1 and 2 worker processes.
+
+    python benchmarks/input_pipeline.py --images=256 --out=benchmarks/results/input_pipeline.json
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+from lln_jax import datasets, input_pipeline, preprocessing
+
+
+def write_photos(root: pathlib.Path, count: int, seed: int = 0) -> None:
+    """`count` 640x480 JPEG crops of real photos, as formatted files with random labels."""
+    rng = np.random.default_rng(seed)
+    photos = load_sample_images().images  # Two 427x640 RGB photographs.
+    names = []
+    (root / "images").mkdir(parents=True)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        top, left = rng.integers(0, 100), rng.integers(0, 160)
+        crop = Image.fromarray(photo[top : top + 320, left : left + 480])
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        name = f"photo_{i:05d}.jpg"
+        crop.resize((640, 480), Image.BILINEAR).save(root / "images" / name, quality=90)
+        names.append(name)
+    for split, rows in (("train", names), ("val", names[:16])):
+        labels = (rng.random((len(rows), 20)) < 0.1).astype(np.int64)
+        np.save(root / f"formatted_{split}_images.npy", np.array(rows))
+        np.save(root / f"formatted_{split}_labels.npy", labels)
+
+
+def per_core_rate(encoded: list[bytes], size: int, repeats: int) -> float:
+    """Images per second of decode + resize + flip in this one thread."""
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i, data in enumerate(encoded):
+            preprocessing.load_image(data, size=size, flip=i % 2 == 0, name="bench")
+        rates.append(len(encoded) / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def pipeline_rate(split, *, size: int, batch_size: int, workers: int, batches: int) -> float:
+    """Images per second through `input_pipeline.batches` (after its first batch)."""
+    iterator = input_pipeline.batches(
+        split, batch_size=batch_size, image_size=size, seed=0, train=True,
+        start=0, stop=batches + 1, num_workers=workers, process_index=0, process_count=1,
+    )  # fmt: skip
+    next(iterator)  # Start-up (worker processes, first reads) is not throughput.
+    start = time.perf_counter()
+    count = sum(len(batch["image"]) for batch in iterator)
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--size", type=int, default=448)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--out", default="benchmarks/results/input_pipeline.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = pathlib.Path(tmp)
+        write_photos(root / "manual", args.images)
+        datasets.prepare(
+            "formatted", str(root / "data"), manual_dir=str(root / "manual"), check_counts=False
+        )
+        train_source, test_source = datasets.open_splits("formatted", str(root / "data"))
+        splits = input_pipeline.create_splits(
+            train_source, test_source, label_setting="single_positive",
+            observed_seed=1200, split_seed=1200, val_frac=0.0,
+        )  # fmt: skip
+        encoded = [train_source[i]["image"] for i in range(min(args.images, 128))]
+        report = {
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "image": "640x480 JPEG (quality 90) of real photos",
+            "output": f"{args.size}x{args.size} uint8, random flip",
+            "per_core_images_per_s": per_core_rate(encoded, args.size, repeats=3),
+            "pipeline_images_per_s": {},
+        }
+        batches = args.images // args.batch_size - 1
+        for workers in (0, 1, 2):
+            report["pipeline_images_per_s"][str(workers)] = pipeline_rate(
+                splits["train"], size=args.size, batch_size=args.batch_size,
+                workers=workers, batches=batches,
+            )  # fmt: skip
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"machine: {report['machine']}; {report['image']} -> {report['output']}")
+    print(f"one core, decode+resize+flip: {report['per_core_images_per_s']:.1f} images/s")
+    print("| worker processes | images/s |\n|---|---|")
+    for workers, rate in report["pipeline_images_per_s"].items():
+        print(f"| {workers} (0 = threads in the main process) | {rate:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
