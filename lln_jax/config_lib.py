@@ -85,6 +85,9 @@ def create_config(
         num_workers=8,
     )
     config.model = dict(name=model)
+    # ImageNet weights converted by `python -m lln_jax.models.pretrained` (.npz); the paper
+    # starts every run from torchvision's ResNet-50 IMAGENET1K_V1. Unset: from scratch.
+    config.init_from = ml_collections.config_dict.placeholder(str)
     config.scheme = dict(name=arg.scheme, **scheme_hparams[arg.scheme])
     config.optim = dict(
         OPTIMIZERS[optimizer], learning_rate=learning_rate, head_lr_multiplier=head_lr_multiplier

@@ -31,6 +31,7 @@ from lln_jax import (
     sharding,
     steps,
 )
+from lln_jax.models import pretrained
 from lln_jax.train_state import TrainState, create_train_state
 
 # Settings a resumed run may change: they do not change what is computed.
@@ -226,7 +227,28 @@ class _Run:
         )
         seed = jax.device_put(np.int32(self.config.seed), self.replicated)
         init = jax.jit(lambda s: create(jax.random.PRNGKey(s)), out_shardings=self.replicated)
-        return init(seed)
+        state = init(seed)
+        if self.config.init_from:
+            state = self._load_pretrained(state, self.config.init_from)
+        elif self.config.model.name == "resnet50":
+            logging.warning(
+                "ResNet-50 from scratch: the paper starts from ImageNet weights "
+                "(set --config.init_from; see lln_jax/models/pretrained.py)."
+            )
+        return state
+
+    def _load_pretrained(self, state: TrainState, path: str) -> TrainState:
+        """The backbone from converted ImageNet weights; the head as initialised."""
+        initial = {"params": state.params, "batch_stats": state.batch_stats}
+        merged = pretrained.merge(
+            jax.device_get(initial), pretrained.load(path), exclude=(models.HEAD_NAME,)
+        )
+        merged = jax.device_put(merged, self.replicated)
+        logging.info("Backbone initialised from %s", path)
+        opt_state = jax.jit(self.tx.init, out_shardings=self.replicated)(merged["params"])
+        return state.replace(
+            params=merged["params"], batch_stats=merged["batch_stats"], opt_state=opt_state
+        )
 
     def predict(self, state: TrainState, split_name: str) -> metrics.MeanAveragePrecision:
         split = self.splits[split_name]

@@ -149,7 +149,7 @@ def test_the_tfds_glue_on_the_embedded_data_set(tmp_path):
 def test_unknown_data_set_and_label_setting_list_the_valid_ones():
     with pytest.raises(ValueError, match=r"'imagenet'.*digit_mosaics"):
         datasets.get("imagenet")
-    with pytest.raises(ValueError, match=r"'partial'.*\['full', 'single_positive'\]"):
+    with pytest.raises(ValueError, match=r"'partial'.*\['full', 'single_positive', 'stored'\]"):
         input_pipeline.create_splits(
             _source(), _source(), label_setting="partial",
             observed_seed=0, split_seed=0, val_frac=0.2,

@@ -126,7 +126,8 @@ class _DivergingModel(nn.Module):
     diverge_after: int
 
     @nn.compact
-    def __call__(self, images, train):
+    def __call__(self, images, train, mask=None):
+        del mask
         calls = self.variable("batch_stats", "calls", lambda: jnp.zeros((), jnp.int32))
         flat = images.reshape(images.shape[0], -1).astype(jnp.float32) / 255.0
         logits = nn.Dense(self.num_classes, name="fc")(flat)
@@ -167,3 +168,31 @@ def test_a_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(
 def test_bad_config_values_fail_with_a_clear_message(data_dir, tmp_path, overrides, error):
     with pytest.raises(ValueError, match=error):
         train.train_and_evaluate(_config(data_dir, **overrides), str(tmp_path))
+
+
+def test_training_starts_from_converted_weights_with_a_new_head(data_dir, tmp_path):
+    config = _config(data_dir)
+    model = models.create(config.model.name, num_classes=10)
+    init = functools.partial(model.init, train=False)
+    donor = jax.tree.map(np.asarray, init(jax.random.PRNGKey(7), jnp.zeros((1, 32, 32, 3))))
+    from lln_jax.models import pretrained
+
+    pretrained.save(donor, str(tmp_path / "weights.npz"))
+    config.init_from = str(tmp_path / "weights.npz")
+    run = train._Run(config, str(tmp_path / "work"))
+    state = run.init_state()
+    chex.assert_trees_all_equal(
+        jax.device_get(state.batch_stats), jax.tree.map(jnp.asarray, donor["batch_stats"])
+    )
+    np.testing.assert_array_equal(
+        state.params["conv1"]["kernel"], donor["params"]["conv1"]["kernel"]
+    )
+    assert not np.allclose(state.params["fc"]["kernel"], donor["params"]["fc"]["kernel"])
+    run.checkpointer.close()
+    donor["params"]["conv1"]["kernel"] = np.zeros((3, 3, 3, 8), np.float32)
+    pretrained.save(donor, str(tmp_path / "bad.npz"))
+    config.init_from = str(tmp_path / "bad.npz")
+    bad_run = train._Run(config, str(tmp_path / "work2"))
+    with pytest.raises(ValueError, match=r"conv1/kernel: shape \(3, 3, 3, 8\)"):
+        bad_run.init_state()
+    bad_run.checkpointer.close()
