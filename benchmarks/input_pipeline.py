@@ -3,8 +3,11 @@
 Writes real photographs (scikit-learn's two bundled sample photos, cropped, flipped and
 resized into COCO-like 640x480 JPEGs) as the official code's formatted files, prepares them
 with the `formatted` builder, and times (1) the per-image work on one core
-(`preprocessing.load_image`: decode, resize, flip) and (2) the whole grain pipeline of
-training batches with 0 (in-process threads), 1 and 2 worker processes.
+(`preprocessing.load_image`: decode, resize, flip), (2) the whole grain pipeline of training
+batches with 0 (in-process threads), 1 and 2 worker processes and (3) the official code's
+input: a PyTorch `DataLoader` over the same JPEG files with PIL, `Resize((448, 448))`,
+`RandomHorizontalFlip`, `ToTensor` and `Normalize`, with the same numbers of workers (needs
+`pip install -e '.[bench]'`; skipped without torchvision).
 
     python benchmarks/input_pipeline.py --images=256 --out=benchmarks/results/input_pipeline.json
 """
@@ -69,6 +72,37 @@ def pipeline_rate(split, *, size: int, batch_size: int, workers: int, batches: i
     return count / (time.perf_counter() - start)
 
 
+def torch_rate(image_dir: pathlib.Path, *, size: int, batch_size: int, workers: int) -> float:
+    """Images per second through the official code's PyTorch input (after its first batch)."""
+    import torch
+    from torchvision import transforms
+
+    transform = transforms.Compose([
+        transforms.Resize((size, size)),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    ])  # fmt: skip
+    paths = sorted(image_dir.glob("*.jpg"))
+
+    class Photos(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(paths)
+
+        def __getitem__(self, index):
+            with Image.open(paths[index]) as image:
+                return transform(image.convert("RGB"))
+
+    loader = torch.utils.data.DataLoader(
+        Photos(), batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True
+    )
+    iterator = iter(loader)
+    next(iterator)
+    start = time.perf_counter()
+    count = sum(len(batch) for batch in iterator)
+    return count / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
@@ -101,14 +135,27 @@ def main() -> None:
                 splits["train"], size=args.size, batch_size=args.batch_size,
                 workers=workers, batches=batches,
             )  # fmt: skip
+        try:
+            import torchvision  # noqa: F401
+        except ImportError:
+            print("torchvision is not installed: the PyTorch DataLoader is not timed")
+        else:
+            report["pytorch_images_per_s"] = {
+                str(w): torch_rate(root / "manual" / "images", size=args.size,
+                                   batch_size=args.batch_size, workers=w)
+                for w in (0, 1, 2)
+            }  # fmt: skip
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"machine: {report['machine']}; {report['image']} -> {report['output']}")
     print(f"one core, decode+resize+flip: {report['per_core_images_per_s']:.1f} images/s")
-    print("| worker processes | images/s |\n|---|---|")
+    torch_rates = report.get("pytorch_images_per_s", {})
+    print("| worker processes | lln_jax (grain) images/s | PyTorch DataLoader images/s | ratio |")
+    print("|---|---|---|---|")
     for workers, rate in report["pipeline_images_per_s"].items():
-        print(f"| {workers} (0 = threads in the main process) | {rate:.1f} |")
+        other = torch_rates.get(workers, float("nan"))
+        print(f"| {workers} | {rate:.1f} | {other:.1f} | {rate / other:.2f} |")
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def create_config(
         eval_batch_size=64,
         num_workers=8,
     )
-    config.model = dict(name=model)
+    config.model = dict(name=model, dtype="float32")  # "bfloat16": mixed precision.
     # ImageNet weights converted by `python -m lln_jax.models.pretrained` (.npz); the paper
     # starts every run from torchvision's ResNet-50 IMAGENET1K_V1. Unset: from scratch.
     config.init_from = ml_collections.config_dict.placeholder(str)

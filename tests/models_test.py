@@ -98,3 +98,24 @@ def test_batchnorm_ignores_padding_rows_and_keeps_pytorchs_running_variance():
     np.testing.assert_allclose(
         stats["batch_stats"]["bn1"]["var"], 0.9 * 1.0 + 0.1 * unbiased, rtol=1e-4
     )
+
+
+def test_mixed_precision_keeps_float32_params_and_changes_little():
+    """bfloat16 compute: float32 parameters and logits; results within bf16's precision."""
+    x = jax.random.randint(jax.random.PRNGKey(1), (8, 32, 32, 3), 0, 256).astype(jnp.uint8)
+    full = models.create("resnet_small", num_classes=5)
+    mixed = models.create("resnet_small", num_classes=5, dtype="bfloat16")
+    variables = full.init(jax.random.PRNGKey(0), x, train=False)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(mixed.init(
+        jax.random.PRNGKey(0), x, train=False)))  # fmt: skip
+    for train in (False, True):
+        apply = functools.partial(full.apply, train=train, mutable=["batch_stats"])
+        reference, _ = apply(variables, x)
+        got, stats = functools.partial(mixed.apply, train=train, mutable=["batch_stats"])(
+            variables, x
+        )
+        assert got.dtype == jnp.float32
+        scale = float(jnp.abs(reference).max())
+        np.testing.assert_allclose(got, reference, atol=0.05 * scale)
+    with pytest.raises(ValueError, match="dtype 'float16'"):
+        models.create("resnet_tiny", num_classes=3, dtype="float16")

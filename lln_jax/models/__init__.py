@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from lln_jax.models import resnet
 
@@ -16,12 +17,20 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def create(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
+DTYPES = ("float32", "bfloat16")
+
+
+def create(name: str, *, num_classes: int, dtype: str = "float32", **kwargs: Any) -> nn.Module:
     """Builds the model `name` with a head of `num_classes` outputs.
+
+    `dtype` is the computation dtype: "bfloat16" is mixed precision (bf16 convolutions and
+    matmuls on accelerators; float32 parameters, BatchNorm statistics, logits and loss).
 
     Raises:
       ValueError: for an unknown name (the message lists the valid ones).
     """
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}; valid models: {sorted(MODELS)}")
-    return MODELS[name](num_classes=num_classes, **kwargs)
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown model dtype {dtype!r}; valid: {list(DTYPES)}")
+    return MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype), **kwargs)
