@@ -111,7 +111,7 @@ def test_mixed_precision_keeps_float32_params_and_changes_little():
     for train in (False, True):
         apply = functools.partial(full.apply, train=train, mutable=["batch_stats"])
         reference, _ = apply(variables, x)
-        got, stats = functools.partial(mixed.apply, train=train, mutable=["batch_stats"])(
+        got, _ = functools.partial(mixed.apply, train=train, mutable=["batch_stats"])(
             variables, x
         )
         assert got.dtype == jnp.float32
