@@ -148,11 +148,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtypes", default="float32")
     parser.add_argument("--torch", default="fp32", help="comma list of fp32, amp; or none")
+    parser.add_argument("--schemes", default="an,ll_r")
+    parser.add_argument("--peak_tflops", type=float, default=None, help="for the MFU column")
     parser.add_argument("--out", default="benchmarks/results/train_step.json")
     args = parser.parse_args()
     rows, flops_per_image = [], None
+    scheme_names = args.schemes.split(",")
     for dtype in args.dtypes.split(","):
-        for scheme_name in ("an", "ll_r"):
+        for scheme_name in scheme_names:
             run, flops_per_image = jax_step(scheme_name, dtype, args.batch, args.size)
             rate = _median_rate(run, args.batch, args.warmup, args.repeats)
             rows.append(
@@ -165,7 +168,7 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
     for mode in filter(lambda m: m != "none", args.torch.split(",")):
-        for scheme_name in ("an", "ll_r"):
+        for scheme_name in scheme_names:
             run, _ = torch_step(scheme_name, mode == "amp", args.batch, args.size)
             rate = _median_rate(run, args.batch, args.warmup, args.repeats)
             rows.append(
@@ -182,26 +185,39 @@ def main() -> None:
         "jax_device": str(jax.devices()[0].device_kind),
         "size": args.size, "batch": args.batch, "warmup": args.warmup, "repeats": args.repeats,
         "xla_flops_per_training_image": flops_per_image,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "rows": rows,
     }  # fmt: skip
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    _print_table(report, flops_per_image)
+    _print_table(report, flops_per_image, args.peak_tflops)
 
 
-def _print_table(report: dict, flops_per_image: float) -> None:
+def _print_table(report: dict, flops_per_image: float, peak_tflops: float | None) -> None:
     print(
         f"\n{report['machine']}; JAX on {report['jax_device']}; ResNet-50 at {report['size']}, "
         f"batch {report['batch']}; {flops_per_image / 1e9:.1f} GFLOP per training image (XLA)\n"
     )
-    print("| framework | precision | scheme | images/s | GFLOP/s |\n|---|---|---|---|---|")
+    print(
+        "| framework | precision | scheme | images/s | GFLOP/s | MFU |\n|---|---|---|---|---|---|"
+    )
+    jax_fp32 = {r["scheme"]: r["images_per_s"] for r in report["rows"]
+                if r["framework"] == "jax" and r["precision"] == "float32"}  # fmt: skip
     for row in report["rows"]:
         rate = row["images_per_s"]
+        gflops = rate * flops_per_image / 1e9
+        mfu = f"{gflops / (peak_tflops * 1e3):.1%}" if peak_tflops else "-"
         print(
             f"| {row['framework']} | {row['precision']} | {row['scheme']} | {rate:.2f} "
-            f"| {rate * flops_per_image / 1e9:.1f} |"
+            f"| {gflops:.1f} | {mfu} |"
         )
+    for row in report["rows"]:
+        if row["framework"] == "pytorch" and row["scheme"] in jax_fp32:
+            ratio = jax_fp32[row["scheme"]] / row["images_per_s"]
+            print(f"JAX float32 / PyTorch {row['precision']} ({row['scheme']}): {ratio:.2f}x")
+    if "an" in jax_fp32 and "ll_r" in jax_fp32:
+        print(f"JAX ll_r step time / an step time: {jax_fp32['an'] / jax_fp32['ll_r']:.3f}")
 
 
 if __name__ == "__main__":

@@ -24,5 +24,5 @@ def get_config(arg=None):
     )
     config.diagnose_false_negatives = True
     config.data.eval_batch_size = 200
-    config.data.num_workers = 0  # 16x16 PNGs decode faster than worker processes start.
+    config.data.num_threads = 2
     return config

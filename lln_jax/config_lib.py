@@ -82,7 +82,10 @@ def create_config(
         image_size=image_size,
         batch_size=batch_size,
         eval_batch_size=64,
-        num_workers=8,
+        # PIL decodes and resizes without the GIL, so threads in the training process scale
+        # with the cores (benchmarks/README.md); worker processes add a copy of every batch.
+        num_threads=16,
+        num_workers=0,
     )
     config.model = dict(name=model, dtype="float32")  # "bfloat16": mixed precision.
     # ImageNet weights converted by `python -m lln_jax.models.pretrained` (.npz); the paper
@@ -96,7 +99,7 @@ def create_config(
     if arg.runlocal:
         config.num_epochs = 2
         config.log_every_steps = 5
-        config.data.update(image_size=32, batch_size=16, eval_batch_size=16, num_workers=0)
+        config.data.update(image_size=32, batch_size=16, eval_batch_size=16, num_threads=2)
         config.model.name = "resnet_tiny"
         config.checkpoint.every_steps = 10
         config.data.name = runlocal_dataset or dataset

@@ -188,6 +188,7 @@ def batches(
     train: bool,
     start: int,
     stop: int,
+    num_threads: int = 2,
     num_workers: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
@@ -196,6 +197,8 @@ def batches(
 
     For training, batch `i` belongs to epoch `i // steps_per_epoch`; for evaluation, pass
     `train=False, start=0, stop=steps_per_epoch(...)` for one ordered, padded pass.
+    Batches load in `num_threads` threads (of each of `num_workers` worker processes, or
+    of this process when `num_workers` is 0).
     """
     loader = _BatchLoader(
         split,
@@ -207,7 +210,9 @@ def batches(
         process_count=jax.process_count() if process_count is None else process_count,
     )
     dataset = grain.MapDataset.range(start, stop).map(loader)
-    iterator = dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+    iterator = dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
+    )
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (notebooks, tests).
             flags.FLAGS.mark_as_parsed()

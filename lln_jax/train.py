@@ -35,7 +35,9 @@ from lln_jax.models import pretrained
 from lln_jax.train_state import TrainState, create_train_state
 
 # Settings a resumed run may change: they do not change what is computed.
-RESUMABLE_CHANGES = ("log_every_steps", "data.num_workers", "data.data_dir", "checkpoint.")
+RESUMABLE_CHANGES = (
+    "log_every_steps", "data.num_threads", "data.num_workers", "data.data_dir", "checkpoint.",
+)  # fmt: skip
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -123,6 +125,7 @@ def _predict(jit_eval_step, state, split, data_config, data_sharding) -> dict[st
         train=False,
         start=0,
         stop=num_batches,
+        num_threads=data_config.num_threads,
         num_workers=data_config.num_workers,
     ):
         outputs = jit_eval_step(state, input_pipeline.to_global(batch, data_sharding))
@@ -274,6 +277,7 @@ class _Run:
             train=True,
             start=start,
             stop=self.total_steps,
+            num_threads=data.num_threads,
             num_workers=data.num_workers,
         )
 

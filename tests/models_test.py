@@ -111,11 +111,25 @@ def test_mixed_precision_keeps_float32_params_and_changes_little():
     for train in (False, True):
         apply = functools.partial(full.apply, train=train, mutable=["batch_stats"])
         reference, _ = apply(variables, x)
-        got, _ = functools.partial(mixed.apply, train=train, mutable=["batch_stats"])(
-            variables, x
-        )
+        got, _ = functools.partial(mixed.apply, train=train, mutable=["batch_stats"])(variables, x)
         assert got.dtype == jnp.float32
         scale = float(jnp.abs(reference).max())
         np.testing.assert_allclose(got, reference, atol=0.05 * scale)
     with pytest.raises(ValueError, match="dtype 'float16'"):
         models.create("resnet_tiny", num_classes=3, dtype="float16")
+
+
+@pytest.mark.parametrize("size", [7, 8, 31, 112])
+def test_max_pool_equals_the_windowed_reduction_with_its_gradient(size):
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.PRNGKey(size), (2, size, size, 3))
+
+    def reference(x):
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    np.testing.assert_array_equal(models.resnet.max_pool_3x3_stride_2(x), reference(x))
+    np.testing.assert_array_equal(
+        jax.grad(lambda x: (models.resnet.max_pool_3x3_stride_2(x) ** 2).sum())(x),
+        jax.grad(lambda x: (reference(x) ** 2).sum())(x),
+    )
