@@ -124,6 +124,7 @@ class _DivergingModel(nn.Module):
 
     num_classes: int
     diverge_after: int
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, images, train, mask=None):
