@@ -93,22 +93,35 @@ def _final_state(workdir):
     return step, restored
 
 
-def test_a_killed_run_resumes_to_the_same_parameters(data_dir, tmp_path):
+def _start_and_wait_for(command, environment, checkpoint: pathlib.Path):
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while not checkpoint.exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended too soon"
+        time.sleep(0.02)
+    return process
+
+
+def test_a_stopped_and_killed_run_resumes_to_the_same_parameters(data_dir, tmp_path):
     environment = dict(os.environ, JAX_PLATFORMS="cpu")
     uninterrupted, interrupted = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(_command(data_dir, uninterrupted), env=environment, check=True, timeout=600,
                    capture_output=True)  # fmt: skip
-    process = subprocess.Popen(_command(data_dir, interrupted), env=environment,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 300
-    while not (interrupted / "checkpoints" / "latest" / "20").exists():  # Mid-epoch 2.
-        assert process.poll() is None and time.time() < deadline, "the run ended before a kill"
-        time.sleep(0.02)
+    latest = interrupted / "checkpoints" / "latest"
+    # A preemption (SIGTERM) mid-epoch 2: the run saves at its next step and exits cleanly.
+    command = _command(data_dir, interrupted)
+    process = _start_and_wait_for(command, environment, latest / "16")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    saved = max(int(p.name) for p in latest.iterdir() if p.name.isdigit())
+    assert saved >= 16 and not (interrupted / "results.json").exists()
+    # Then a hard kill (SIGKILL) in epoch 3, after the next periodic save.
+    process = _start_and_wait_for(command, environment, latest / "36")
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     assert not (interrupted / "results.json").exists()
-    subprocess.run(_command(data_dir, interrupted), env=environment, check=True, timeout=600,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(command, env=environment, check=True, timeout=600, capture_output=True)
 
     whole_step, whole = _final_state(uninterrupted)
     killed_step, killed = _final_state(interrupted)
