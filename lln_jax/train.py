@@ -112,8 +112,10 @@ def _check_batch_sizes(data_config, num_devices: int) -> None:
             )
 
 
-def _predict(jit_eval_step, state, split, data_config, data_sharding) -> dict[str, np.ndarray]:
-    """Scores, true labels and mask of a whole split, in row order, on the host."""
+def _predict(
+    jit_eval_step, state, split, data_config, data_sharding
+) -> metrics.MeanAveragePrecision:
+    """Scores, true labels and mask of a whole split, in row order, collected on the host."""
     batch_size = data_config.eval_batch_size
     num_batches = input_pipeline.steps_per_epoch(split.num_examples, batch_size)
     collected = metrics.MeanAveragePrecision.empty()
