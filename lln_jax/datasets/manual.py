@@ -8,6 +8,7 @@ stable example id (the row). TFDS writes into an `incomplete.*` directory and re
 only when every split is complete, so a failed preparation never looks finished.
 """
 
+import abc
 import pathlib
 from collections.abc import Iterator, Sequence
 
@@ -42,9 +43,9 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
         self.check_counts = check_counts
         super().__init__(**kwargs)
 
+    @abc.abstractmethod
     def read_split(self, root: pathlib.Path, source_split: str) -> Rows:
         """`(image path, [C] label vector in {0, 1})` rows in the official row order."""
-        raise NotImplementedError
 
     def _features(self) -> dict:
         return {
