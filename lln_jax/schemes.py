@@ -247,8 +247,8 @@ def _large_loss_terms(logits, labels_obs, mask, rate, *, action, k_max):
 def assume_negative(context: SchemeContext) -> LossScheme:
     """Naive AN: every unobserved entry is a negative; the rate is ignored."""
 
-    def apply(logits, batch, state, rate):
-        del rate
+    def apply(logits, batch, state, rate, params=()):
+        del rate, params
         _validate_batch(logits, batch, context.num_classes)
         mask = _mask_of(batch, logits)
         loss_matrix = losses.sigmoid_bce(logits, batch["labels_obs"] == 1)
@@ -262,7 +262,8 @@ def assume_negative(context: SchemeContext) -> LossScheme:
 def _stateless_large_loss(context: SchemeContext, action, epoch_rate_fn) -> LossScheme:
     k_max = _k_max(epoch_rate_fn, context)
 
-    def apply(logits, batch, state, rate):
+    def apply(logits, batch, state, rate, params=()):
+        del params
         _validate_batch(logits, batch, context.num_classes)
         mask = _mask_of(batch, logits)
         loss, modified, k = _large_loss_terms(
@@ -296,7 +297,8 @@ def large_loss_permanent_correction(context: SchemeContext, *, delta_rel: float)
     def init():
         return CorrectionState(jnp.zeros((num_examples, num_classes), bool))
 
-    def apply(logits, batch, state, rate):
+    def apply(logits, batch, state, rate, params=()):
+        del params
         _validate_batch(logits, batch, num_classes)
         if "example_id" not in batch:
             raise KeyError("ll_cp needs batch['example_id'] to index its correction table")
