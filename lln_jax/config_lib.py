@@ -75,6 +75,8 @@ def create_config(
     config.data = dict(
         name=dataset,
         data_dir=ml_collections.config_dict.placeholder(str),  # TFDS's default when unset.
+        # Train on data prepared with --nocheck_counts (a subset), which is refused otherwise.
+        allow_unchecked_counts=False,
         label_setting=arg.labels,
         observed_seed=1200,
         split_seed=1200,

@@ -93,7 +93,11 @@ def check_and_write_config(config: ml_collections.ConfigDict, workdir: str, has_
 
 def create_splits(data_config: ml_collections.ConfigDict) -> dict[str, input_pipeline.Split]:
     """Opens the data set (preparing it where possible); train/val/test splits."""
-    train_source, test_source = datasets.open_splits(data_config.name, data_config.data_dir)
+    train_source, test_source = datasets.open_splits(
+        data_config.name,
+        data_config.data_dir,
+        allow_unchecked_counts=data_config.allow_unchecked_counts,
+    )
     return input_pipeline.create_splits(
         train_source,
         test_source,

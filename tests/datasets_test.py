@@ -22,7 +22,9 @@ def _jpeg(path: pathlib.Path, seed: int) -> None:
 
 
 def _labels_of(name, data_dir, split="train"):
-    train_source, test_source = datasets.open_splits(name, str(data_dir))
+    train_source, test_source = datasets.open_splits(
+        name, str(data_dir), allow_unchecked_counts=True
+    )
     source = train_source if split == "train" else test_source
     return input_pipeline.read_labels(source), source
 
@@ -105,6 +107,22 @@ def test_counts_are_checked_against_the_spec(tmp_path):
         datasets.prepare("voc2012", str(tmp_path / "data"), manual_dir=str(manual))
 
 
+def test_a_missing_class_file_says_what_to_download(tmp_path):
+    manual = _write_voc(tmp_path / "manual")
+    (manual / "VOCdevkit/VOC2012/ImageSets/Main/sheep_train.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"(?s)sheep_train\.txt.*VOCtrainval_11-May-2012"):
+        _prepare("voc2012", tmp_path, manual)
+
+
+def test_a_successful_preparation_removes_what_a_killed_one_left(tmp_path):
+    stale = tmp_path / "data" / "voc2012" / "incomplete.K1LLED_1.0.0"
+    (stale / "voc2012-train.array_record-00000-of-00001").parent.mkdir(parents=True)
+    (stale / "voc2012-train.array_record-00000-of-00001").write_bytes(b"half")
+    _prepare("voc2012", tmp_path, _write_voc(tmp_path / "manual"))
+    assert not stale.exists()
+    assert datasets.builder("voc2012", str(tmp_path / "data")).is_prepared()
+
+
 # ----------------------------------------------------------------------------- COCO
 
 
@@ -150,6 +168,26 @@ def test_coco_rows_by_string_id_category_position_and_crowd(tmp_path):
     np.testing.assert_array_equal(np.argmax(test_labels, axis=1), [4, 6])  # "42", "8"
 
 
+def test_coco_train_and_val_category_lists_must_agree(tmp_path):
+    manual = _write_coco(tmp_path / "manual")
+    val_path = manual / "annotations" / "instances_val2014.json"
+    val = json.loads(val_path.read_text())
+    val["categories"][3], val["categories"][4] = val["categories"][4], val["categories"][3]
+    val_path.write_text(json.dumps(val))
+    with pytest.raises(ValueError, match=r"instances_train2014\.json and .*instances_val2014\.json"):
+        _prepare("coco2014", tmp_path, manual)
+
+
+def test_a_coco_annotation_of_an_unknown_image_names_the_file_and_id(tmp_path):
+    manual = _write_coco(tmp_path / "manual")
+    train_path = manual / "annotations" / "instances_train2014.json"
+    train = json.loads(train_path.read_text())
+    train["annotations"].append({**train["annotations"][0], "id": 99, "image_id": 424242})
+    train_path.write_text(json.dumps(train))
+    with pytest.raises(ValueError, match=r"instances_train2014\.json: .*image_id 424242"):
+        _prepare("coco2014", tmp_path, manual)
+
+
 # ----------------------------------------------------------------------------- CUB
 
 
@@ -185,6 +223,25 @@ def test_cub_attributes_split_and_row_order(tmp_path):
     np.testing.assert_array_equal(test_labels, test_expected)
 
 
+def test_a_subset_prepared_without_the_count_check_never_passes_for_the_full_set(tmp_path):
+    manual, _, _ = _write_cub(tmp_path / "manual")
+    data_dir = str(tmp_path / "data")
+    _prepare("cub", tmp_path, manual)  # --nocheck_counts
+    refusal = rf"(?s)cub/1\.0\.0 holds cub prepared with --nocheck_counts from {manual}.*5994"
+    with pytest.raises(ValueError, match=refusal):  # A later plain `prepare cub`.
+        datasets.prepare("cub", data_dir, manual_dir=str(manual))
+    config = _config("cub", data_dir)
+    config.data.allow_unchecked_counts = False
+    with pytest.raises(ValueError, match=r"(?s)--nocheck_counts.*allow_unchecked_counts=True"):
+        train.train_and_evaluate(config, str(tmp_path / "work"))
+    # Prepared with no record of a check (as before the record existed): the counts decide.
+    builder = datasets.builder("cub", data_dir)
+    (pathlib.Path(builder.data_dir) / datasets.PREPARATION_RECORD).unlink()
+    with pytest.raises(ValueError, match=r"without a record of a count check: .*'train': 4"):
+        datasets.open_splits("cub", data_dir)
+    assert len(datasets.open_splits("cub", data_dir, allow_unchecked_counts=True)[0]) == 4
+
+
 # ----------------------------------------------------------------------------- formatted
 
 
@@ -214,7 +271,7 @@ def test_formatted_files_and_stored_observed_labels(tmp_path):
     np.testing.assert_array_equal(labels, train_labels)
     np.testing.assert_array_equal(input_pipeline.read_labels(source, "labels_obs"), observed)
     splits = input_pipeline.create_splits(
-        *datasets.open_splits("nuswide", str(tmp_path / "data")),
+        *datasets.open_splits("nuswide", str(tmp_path / "data"), allow_unchecked_counts=True),
         label_setting="stored", observed_seed=0, split_seed=1200, val_frac=0.2,
     )  # fmt: skip
     train_rows, _ = observed_labels.train_val_split(12)
@@ -247,6 +304,7 @@ def _config(name, data_dir):
     spec.loader.exec_module(module)
     config = module.get_config("scheme=ll_cp,runlocal")
     config.data.data_dir = data_dir
+    config.data.allow_unchecked_counts = True  # The tiny sets are prepared as subsets.
     config.num_epochs = 1
     return config
 

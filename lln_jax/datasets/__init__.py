@@ -1,9 +1,17 @@
-"""Data set registry: our name -> how TFDS finds (and, where possible, prepares) it."""
+"""Data set registry: our name -> how TFDS finds (and, where possible, prepares) it.
 
+Beside TFDS's files, a preparation writes `preparation.json` into the builder's directory:
+whether the image counts were checked against the spec, and from which manual dir. A subset
+prepared with `check_counts=False` can then never pass for the full data set.
+"""
+
+import json
 import pathlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
 
 from lln_jax.datasets import coco, cub, digit_mosaics, formatted, voc
 from lln_jax.datasets.manual import ManualBuilder
@@ -54,6 +62,66 @@ def builder(name: str, data_dir: str | None, *, check_counts: bool = True):
     )
 
 
+PREPARATION_RECORD = "preparation.json"
+
+
+def _expected_counts(data_builder) -> dict[str, int]:
+    return getattr(data_builder, "EXPECTED_COUNTS", {})
+
+
+def _read_preparation(data_builder) -> dict[str, Any] | None:
+    path = epath.Path(data_builder.data_dir) / PREPARATION_RECORD
+    if not path.exists():
+        return None  # Prepared before the record existed (or its writer was killed).
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); delete it and prepare again")
+
+
+def _write_preparation(data_builder, *, counts_checked: bool, manual_dir: str | None) -> None:
+    counts = {split: info.num_examples for split, info in data_builder.info.splits.items()}
+    record = {"counts_checked": counts_checked, "manual_dir": manual_dir, "counts": counts}
+    path = epath.Path(data_builder.data_dir) / PREPARATION_RECORD
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _remove_stale_incomplete(data_builder) -> None:
+    """Removes `incomplete.*` directories that a killed preparation left beside this one."""
+    version_dir = epath.Path(data_builder.data_dir)
+    pattern = f"{tfds.core.constants.INCOMPLETE_PREFIX}*_{version_dir.name}"
+    for stale in version_dir.parent.glob(pattern):
+        logging.info("Removing %s, left by an interrupted preparation", stale)
+        stale.rmtree()
+
+
+def check_counts_verified(name: str, data_builder) -> None:
+    """Refuses prepared data whose image counts are not known to be the spec's.
+
+    Raises:
+      ValueError: naming the data dir and how it was prepared, if it was prepared with
+        `check_counts=False` (a subset), or if it carries no record and its counts differ.
+    """
+    expected = _expected_counts(data_builder)
+    record = _read_preparation(data_builder)
+    if not expected or (record is not None and record["counts_checked"]):
+        return
+    counts = {split: info.num_examples for split, info in data_builder.info.splits.items()}
+    if record is None and all(counts.get(s) == n for s, n in expected.items()):
+        return
+    how = (
+        f"prepared with --nocheck_counts from {record['manual_dir']}"
+        if record is not None
+        else "prepared without a record of a count check"
+    )
+    raise ValueError(
+        f"{data_builder.data_dir} holds {name} {how}: {counts} images per split, the spec "
+        f"expects {expected}. To train on this subset anyway set "
+        "--config.data.allow_unchecked_counts=True; for the full data set delete that "
+        f"directory and run `python -m lln_jax.prepare {name} --manual_dir=DIR`."
+    )
+
+
 def prepare(
     name: str,
     data_dir: str | None,
@@ -63,37 +131,47 @@ def prepare(
 ) -> tfds.core.DatasetBuilder:
     """Prepares `name` once (from a package, or from the files in `manual_dir`).
 
+    With `check_counts`, data prepared earlier must have had its counts checked too.
+
     Raises:
       FileNotFoundError: a data set that needs downloaded files is not prepared and no
         `manual_dir` is given, or the manual dir lacks a file (the message says what to
         download, from where, and where to put it).
-      ValueError: the number of images differs from the spec's (with `check_counts`).
+      ValueError: the number of images differs from the spec's (with `check_counts`), now
+        or when the data was prepared.
     """
     spec, data_builder = get(name), builder(name, data_dir, check_counts=check_counts)
     if data_builder.is_prepared():
+        if check_counts:
+            check_counts_verified(name, data_builder)
         return data_builder
-    if not spec.needs_download:
-        data_builder.download_and_prepare()
-        return data_builder
-    if manual_dir is None:
+    if spec.needs_download and manual_dir is None:
         raise FileNotFoundError(
             f"data set {name!r} is not prepared under {data_builder.data_dir}; run "
             f"`python -m lln_jax.prepare {name} --manual_dir=DIR` first.\n"
             f"{spec.builder_cls.MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
-    data_builder.check_manual_dir(pathlib.Path(manual_dir))
-    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-    data_builder.download_and_prepare(download_config=download_config)
+    if spec.needs_download:
+        data_builder.check_manual_dir(pathlib.Path(manual_dir))
+        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+        data_builder.download_and_prepare(download_config=download_config)
+    else:
+        data_builder.download_and_prepare()
+    counts_checked = check_counts or not _expected_counts(data_builder)
+    _write_preparation(data_builder, counts_checked=counts_checked, manual_dir=manual_dir)
+    _remove_stale_incomplete(data_builder)
     return data_builder
 
 
-def open_splits(name: str, data_dir: str | None) -> tuple:
+def open_splits(name: str, data_dir: str | None, *, allow_unchecked_counts: bool = False) -> tuple:
     """Prepares (where possible) and opens `(train_source, test_source)` of `name`.
 
     Sources are random-access by row; `image` stays encoded (bytes), so that the input
-    pipeline decodes and resizes it in one step.
+    pipeline decodes and resizes it in one step. Data prepared without the count check is
+    refused unless `allow_unchecked_counts`.
     """
-    spec, data_builder = get(name), prepare(name, data_dir)
+    spec = get(name)
+    data_builder = prepare(name, data_dir, check_counts=not allow_unchecked_counts)
     decoders = {"image": tfds.decode.SkipDecoding()}
     return tuple(
         data_builder.as_data_source(split=split, decoders=decoders)

@@ -33,18 +33,38 @@ class Coco2014(manual.ManualBuilder):
         "it holds train2014/, val2014/ and annotations/instances_{train,val}2014.json."
     )
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._categories_seen: tuple[pathlib.Path, list] | None = None
+
+    def _check_categories(self, path: pathlib.Path, categories: list) -> None:
+        """The class index is a position in the category list: every split must agree."""
+        if len(categories) != NUM_CATEGORIES:
+            raise ValueError(f"{path}: {len(categories)} categories, expected {NUM_CATEGORIES}")
+        if self._categories_seen is None:
+            self._categories_seen = (path, categories)
+            return
+        first_path, first = self._categories_seen
+        if [c["id"] for c in first] != [c["id"] for c in categories]:
+            raise ValueError(
+                f"the category lists of {first_path} and {path} differ; the class index is the "
+                "position in that list, so both files must come from the same COCO release"
+            )
+
     def read_split(self, root: pathlib.Path, source_split: str) -> manual.Rows:
         path = root / "annotations" / f"instances_{source_split}.json"
         instances = json.loads(path.read_text())
+        self._check_categories(path, instances["categories"])
         category_index = {c["id"]: i for i, c in enumerate(instances["categories"])}
-        if len(category_index) != NUM_CATEGORIES:
-            raise ValueError(f"{path}: {len(category_index)} categories, expected {NUM_CATEGORIES}")
         file_names = {image["id"]: image["file_name"] for image in instances["images"]}
         positives: dict[int, set[int]] = {}
         for annotation in instances["annotations"]:  # Crowd annotations count too.
-            positives.setdefault(annotation["image_id"], set()).add(
-                category_index[annotation["category_id"]]
-            )
+            image_id, category_id = annotation["image_id"], annotation["category_id"]
+            if image_id not in file_names:
+                raise ValueError(f"{path}: an annotation names image_id {image_id}, not in images")
+            if category_id not in category_index:
+                raise ValueError(f"{path}: an annotation names category_id {category_id}")
+            positives.setdefault(image_id, set()).add(category_index[category_id])
         image_ids = sorted(positives, key=str)
         labels = manual.label_matrix([sorted(positives[i]) for i in image_ids], NUM_CATEGORIES)
         images = [root / source_split / file_names[i] for i in image_ids]

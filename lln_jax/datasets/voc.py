@@ -41,7 +41,9 @@ class Voc2012(manual.ManualBuilder):
         for index, name in enumerate(CLASS_NAMES):
             path = root / DEVKIT / "ImageSets/Main" / f"{name}_{source_split}.txt"
             if not path.exists():
-                raise FileNotFoundError(f"{self.name}: missing {path}")
+                raise FileNotFoundError(
+                    f"{self.name}: missing {path}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+                )
             for line in path.read_text().splitlines():
                 if not line.strip():
                     continue
