@@ -68,14 +68,15 @@ def jax_step(scheme_name: str, dtype: str, batch: int, size: int):
     scheme = schemes.create(scheme_name, context=context, **hparams)
     model = models.create("resnet50", num_classes=NUM_CLASSES, dtype=dtype)
     tx, _ = optim.create(
-        "adam", learning_rate=1e-5, head_lr_multiplier=10.0,
-        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+        "adam", learning_rate=1e-5, head_lr_multiplier=10.0, scheme_lr_multiplier=10.0,
+        head_name=models.HEAD_NAME, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
     )  # fmt: skip
     mesh = sharding.create_mesh()
     repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
     create = functools.partial(
-        create_train_state, model=model, tx=tx, scheme=scheme, image_shape=(size, size, 3)
-    )
+        create_train_state, model=model, tx=tx, scheme=scheme, image_shape=(size, size, 3),
+        labels_obs=jnp.zeros((batch * STEPS_PER_EPOCH, NUM_CLASSES), jnp.int8),
+    )  # fmt: skip
     state = jax.jit(create, out_shardings=repl)(jax.random.PRNGKey(0))
     state = state.replace(step=jax.device_put(jnp.int32((EPOCH - 1) * STEPS_PER_EPOCH), repl))
     global_batch = jax.device_put(random_batch(batch, size), data)

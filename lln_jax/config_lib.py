@@ -33,13 +33,20 @@ OPTIMIZERS = {
 }
 
 
+# What a recipe may set besides the scheme's own hyperparameters: the authors of some
+# methods train with another optimizer, learning rate or batch size than the paper's.
+RECIPE_OVERRIDES = ("optimizer", "learning_rate", "batch_size")
+
+BOOSTLU_ALPHA = 5.0  # BoostLU's factor on positive class activations (Kim et al., CVPR 2023).
+
+
 def create_config(
     arg: str | None,
     *,
     dataset: str,
     optimizer: str,
     learning_rate: float,
-    delta_rel: dict[str, float],
+    recipes: dict[str, dict],
     num_epochs: int = 10,
     image_size: int = 448,
     batch_size: int = 16,
@@ -50,21 +57,31 @@ def create_config(
     """The paper's end-to-end setting on one data set (SPEC.md section 4).
 
     Args:
-      arg: the `get_config` argument: `scheme=<an|ll_r|ll_ct|ll_cp>`, `labels=<single_positive
-        |full>`, `runlocal` (tiny model, small images, two epochs: a smoke run on a CPU).
+      arg: the `get_config` argument: `scheme=<name>` (a key of `recipes`),
+        `labels=<single_positive|full|stored>`, `boostlu` (the BoostLU head, alpha 5),
+        `val_labels=<true|observed>` (model selection on clean or observed val labels),
+        `runlocal` (tiny model, small images, two epochs: a smoke run on a CPU).
       dataset: the data set's registry name.
       optimizer: a key of `OPTIMIZERS`.
       learning_rate: the backbone's learning rate.
-      delta_rel: per large-loss scheme, the rate's increment per epoch as a *fraction* (the
-        paper's percent divided by 100: its "0.2" is 0.002).
+      recipes: per scheme, its hyperparameters (e.g. `delta_rel`, a *fraction*: the paper's
+        percent divided by 100, its "0.2" is 0.002) and any of `RECIPE_OVERRIDES` where
+        the method's authors trained otherwise. Adding a scheme is one entry here.
       num_epochs, image_size, batch_size, model, head_lr_multiplier: the paper's values
         unless a data set (the embedded benchmark) needs others; `runlocal` overrides them.
       runlocal_dataset: a smaller data set for `runlocal`, where one exists.
     """
-    arg = parse_arg(arg, scheme="ll_r", labels="single_positive", runlocal=False)
-    scheme_hparams = {"an": {}, **{name: {"delta_rel": d} for name, d in delta_rel.items()}}
-    if arg.scheme not in scheme_hparams:
-        raise ValueError(f"Unknown scheme {arg.scheme!r}; valid: {sorted(scheme_hparams)}")
+    arg = parse_arg(
+        arg, scheme="ll_r", labels="single_positive", boostlu=False, val_labels="true",
+        runlocal=False,
+    )  # fmt: skip
+    if arg.scheme not in recipes:
+        raise ValueError(f"Unknown scheme {arg.scheme!r}; valid: {sorted(recipes)}")
+    recipe = dict(recipes[arg.scheme])
+    overrides = {key: recipe.pop(key) for key in RECIPE_OVERRIDES if key in recipe}
+    optimizer = overrides.get("optimizer", optimizer)
+    learning_rate = overrides.get("learning_rate", learning_rate)
+    batch_size = overrides.get("batch_size", batch_size)
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.num_epochs = num_epochs
@@ -78,6 +95,9 @@ def create_config(
         # Train on data prepared with --nocheck_counts (a subset), which is refused otherwise.
         allow_unchecked_counts=False,
         label_setting=arg.labels,
+        # Model selection against the val split's clean labels ("true", the paper's) or its
+        # single-positive observed labels ("observed", for users without clean labels).
+        val_labels=arg.val_labels,
         observed_seed=1200,
         split_seed=1200,
         val_frac=0.2,
@@ -89,13 +109,20 @@ def create_config(
         num_threads=16,
         num_workers=0,
     )
-    config.model = dict(name=model, dtype="float32")  # "bfloat16": mixed precision.
+    config.model = dict(
+        name=model,
+        dtype="float32",  # "bfloat16": mixed precision.
+        boost_alpha=BOOSTLU_ALPHA if arg.boostlu else 1.0,  # 1: the plain linear head.
+    )
     # ImageNet weights converted by `python -m lln_jax.models.pretrained` (.npz); the paper
     # starts every run from torchvision's ResNet-50 IMAGENET1K_V1. Unset: from scratch.
     config.init_from = ml_collections.config_dict.placeholder(str)
-    config.scheme = dict(name=arg.scheme, **scheme_hparams[arg.scheme])
+    config.scheme = dict(name=arg.scheme, **recipe)
     config.optim = dict(
-        OPTIMIZERS[optimizer], learning_rate=learning_rate, head_lr_multiplier=head_lr_multiplier
+        OPTIMIZERS[optimizer],
+        learning_rate=learning_rate,
+        head_lr_multiplier=head_lr_multiplier,
+        scheme_lr_multiplier=10.0,  # ROLE's label estimator at 10x (SPEC.md section 9).
     )
     config.checkpoint = dict(every_steps=1000, max_to_keep=2)
     if arg.runlocal:

@@ -104,8 +104,9 @@ def create_splits(
         "train": Split(
             train_source, train_rows, labels_all[train_rows], labels_obs_all[train_rows], "train"
         ),
+        # Val's observed labels (sampled as train's) serve model selection without clean labels.
         "val": Split(
-            train_source, val_rows, labels_all[val_rows], np.zeros_like(labels_all[val_rows]), "val"
+            train_source, val_rows, labels_all[val_rows], labels_obs_all[val_rows], "val"
         ),
         "test": Split(
             test_source,

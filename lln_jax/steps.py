@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lln_jax import metrics, schemes
+from lln_jax import metrics, optim, schemes
 from lln_jax.train_state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -28,38 +28,42 @@ def train_step(
     rng = jax.random.fold_in(state.rng, state.step)
     rate = scheme.rate_fn(state.step)
 
-    def loss_fn(params):
+    def loss_fn(trainable):
         logits, updates = model.apply(
-            {"params": params, "batch_stats": state.batch_stats},
+            {"params": trainable["model"], "batch_stats": state.batch_stats},
             batch["image"],
             train=True,
             mask=batch["mask"],
             mutable=["batch_stats"],
             rngs={"dropout": rng},
         )
-        loss, scheme_state, aux = scheme.apply(logits, batch, state.scheme_state, rate)
+        loss, scheme_state, aux = scheme.apply(
+            logits, batch, state.scheme_state, rate, params=trainable["scheme"]
+        )
         return loss, (updates["batch_stats"], scheme_state, aux)
 
+    trainable = optim.trainable(state.params, state.scheme_params)
     (loss, (batch_stats, scheme_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params
+        trainable
     )
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = state.tx.update(grads, state.opt_state, trainable)
+    trained = optax.apply_updates(trainable, updates)
     new_state = state.replace(
         step=state.step + 1,
-        params=params,
+        params=trained["model"],
         batch_stats=batch_stats,
         opt_state=opt_state,
         scheme_state=scheme_state,
+        scheme_params=trained["scheme"],
     )
     train_metrics = metrics.TrainMetrics.single_from_model_output(
         loss=loss,
         rate=aux["rate"],
         k=aux["k"].astype(jnp.float32),
         modified_fraction=aux["modified_fraction"],
-        grad_norm=optax.tree.norm(grads),
-        param_norm=optax.tree.norm(params),
-        update_norm=optax.tree.norm(updates),
+        grad_norm=optax.tree.norm(grads["model"]),
+        param_norm=optax.tree.norm(trained["model"]),
+        update_norm=optax.tree.norm(updates["model"]),
     )
     return new_state, train_metrics
 

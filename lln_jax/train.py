@@ -108,7 +108,12 @@ def create_splits(data_config: ml_collections.ConfigDict) -> dict[str, input_pip
     )
 
 
+VAL_LABELS = ("true", "observed")  # Model selection on clean or observed val labels.
+
+
 def _check_batch_sizes(data_config, num_devices: int) -> None:
+    if data_config.val_labels not in VAL_LABELS:
+        raise ValueError(f"data.val_labels={data_config.val_labels!r}; valid: {list(VAL_LABELS)}")
     for key in ("batch_size", "eval_batch_size"):
         if data_config[key] % num_devices:
             raise ValueError(
@@ -210,9 +215,10 @@ class _Run:
             batch_size=config.data.batch_size,
             steps_per_epoch=self.steps_per_epoch,
             num_epochs=config.num_epochs,
+            observed_negatives=bool((train.labels_obs == -1).any()),
         )
         self.scheme = schemes.create(**config.scheme, context=context)
-        self.tx, self.lr_fn = optim.create(**config.optim)
+        self.tx, self.lr_fn = optim.create(**config.optim, head_name=models.HEAD_NAME)
         self.checkpointer = checkpointing.Checkpointer(
             f"{workdir}/checkpoints", max_to_keep=config.checkpoint.max_to_keep
         )
@@ -235,8 +241,12 @@ class _Run:
             image_shape=image_shape,
         )
         seed = jax.device_put(np.int32(self.config.seed), self.replicated)
-        init = jax.jit(lambda s: create(jax.random.PRNGKey(s)), out_shardings=self.replicated)
-        state = init(seed)
+        labels_obs = jax.device_put(self.splits["train"].labels_obs, self.replicated)
+        init = jax.jit(
+            lambda s, labels: create(jax.random.PRNGKey(s), labels_obs=labels),
+            out_shardings=self.replicated,
+        )
+        state = init(seed, labels_obs)
         if self.config.init_from:
             state = self._load_pretrained(state, self.config.init_from)
         elif self.config.model.name == "resnet50":
@@ -254,7 +264,8 @@ class _Run:
         )
         merged = jax.device_put(merged, self.replicated)
         logging.info("Backbone initialised from %s", path)
-        opt_state = jax.jit(self.tx.init, out_shardings=self.replicated)(merged["params"])
+        trainable = optim.trainable(merged["params"], state.scheme_params)
+        opt_state = jax.jit(self.tx.init, out_shardings=self.replicated)(trainable)
         return state.replace(
             params=merged["params"], batch_stats=merged["batch_stats"], opt_state=opt_state
         )
@@ -263,9 +274,16 @@ class _Run:
         split = self.splits[split_name]
         return _predict(self.jit_eval_step, state, split, self.config.data, self.data_sharding)
 
-    def evaluate(self, state: TrainState, split_name: str) -> float:
-        """mAP (percent) on a whole split against its true labels."""
-        return self.predict(state, split_name).compute()
+    def evaluate(self, state: TrainState, split_name: str, labels: str = "true") -> float:
+        """mAP (percent) on a whole split against its true or its observed labels.
+
+        Against observed labels, the observed positives are the positives (SPEC.md 9).
+        """
+        collected = self.predict(state, split_name)
+        if labels == "true":
+            return collected.compute()
+        observed_positive = (self.splits[split_name].labels_obs == 1).astype(np.int8)
+        return metrics.mean_average_precision(collected.arrays()["scores"], observed_positive)
 
     def unobserved_train_losses(self, state: TrainState) -> dict[str, float]:
         """The losses of the train split's false and true negatives (a diagnosis)."""
@@ -291,7 +309,7 @@ class _Run:
 def _end_of_epoch(run: _Run, state: TrainState, step: int, record: dict) -> bool:
     """Val mAP, best-model bookkeeping and the early stop. Returns True to stop."""
     epoch = step // run.steps_per_epoch
-    val_map = run.evaluate(state, "val")
+    val_map = run.evaluate(state, "val", run.config.data.val_labels)
     record["val_map"].append(val_map)
     if val_map > record["best_val_map"]:  # Strictly greater, as the reference.
         record.update(best_val_map=val_map, best_epoch=epoch)
@@ -355,6 +373,7 @@ def _finish(run: _Run, state: TrainState, record: dict, writer, elapsed: float) 
         "best_epoch": record["best_epoch"],
         "best_val_map": record["best_val_map"],
         "test_map": test_map,
+        "val_labels": run.config.data.val_labels,
         "stopped_early": record["stopped_early"],
         **{key: value for key, value in record.items() if key.endswith("negative_loss")},
         "observed_labels_sha256": record["observed_labels_sha256"],

@@ -13,12 +13,14 @@ def _state(seed):
     context = schemes.SchemeContext(20, 3, 8, 3, 2)
     scheme = schemes.create("ll_cp", context=context, delta_rel=0.1)
     tx, _ = optim.create(
-        "sgd", learning_rate=0.1, head_lr_multiplier=10.0, momentum=0.9, weight_decay=1e-3
-    )
+        "sgd", learning_rate=0.1, head_lr_multiplier=10.0, scheme_lr_multiplier=10.0,
+        head_name=models.HEAD_NAME, momentum=0.9, weight_decay=1e-3,
+    )  # fmt: skip
     model = models.create("resnet_tiny", num_classes=3)
     state = create_train_state(
-        jax.random.PRNGKey(seed), model=model, tx=tx, scheme=scheme, image_shape=(32, 32, 3)
-    )
+        jax.random.PRNGKey(seed), model=model, tx=tx, scheme=scheme, image_shape=(32, 32, 3),
+        labels_obs=jnp.zeros((20, 3), jnp.int8),
+    )  # fmt: skip
     corrected = np.zeros((20, 3), bool)
     corrected[np.random.default_rng(seed).integers(0, 20, 5), 1] = True
     return state.replace(

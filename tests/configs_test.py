@@ -53,8 +53,10 @@ def test_config_builds_model_scheme_and_optimizer(name, scheme):
     variables = jax.eval_shape(
         init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.uint8)
     )
-    tx, _ = optim.create(**config.optim)
-    jax.eval_shape(tx.init, variables["params"])
+    tx, _ = optim.create(**config.optim, head_name=models.HEAD_NAME)
+    labels_obs = jnp.zeros((1000, num_classes), jnp.int8)
+    scheme_params = jax.eval_shape(loss_scheme.init_params, jax.random.PRNGKey(0), labels_obs)
+    jax.eval_shape(tx.init, optim.trainable(variables["params"], scheme_params))
     assert loss_scheme.init is not None
     json.loads(config.to_json_best_effort())  # The resolved config can be written.
 

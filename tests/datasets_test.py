@@ -174,7 +174,7 @@ def test_coco_train_and_val_category_lists_must_agree(tmp_path):
     val = json.loads(val_path.read_text())
     val["categories"][3], val["categories"][4] = val["categories"][4], val["categories"][3]
     val_path.write_text(json.dumps(val))
-    with pytest.raises(ValueError, match=r"instances_train2014\.json and .*instances_val2014\.json"):
+    with pytest.raises(ValueError, match=r"train2014\.json and .*instances_val2014\.json"):
         _prepare("coco2014", tmp_path, manual)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from lln_jax import metrics, observed_labels, schemes
-from lln_jax.models import resnet  # noqa: F401  BoostedHead comes with the head option.
+from lln_jax.models import resnet
 
 DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
 VENDORED = ("vectors.json", "method_vectors.json")
@@ -184,7 +184,6 @@ def test_splits(case):
 # ----------------------------------------------------------------------------- version 2
 
 
-@pytest.mark.xfail(reason="the version-2 schemes are not built yet", strict=True)
 @pytest.mark.parametrize("case", _cases("baseline_losses"))
 def test_baseline_losses(case):
     logits = jnp.asarray(case["logits"], jnp.float32)
@@ -205,7 +204,6 @@ def test_baseline_losses(case):
         )
 
 
-@pytest.mark.xfail(reason="the BoostLU head is not built yet", strict=True)
 @pytest.mark.parametrize("case", _cases("boostlu"))
 def test_boostlu(case):
     features = jnp.asarray(case["features"], jnp.float32)

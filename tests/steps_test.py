@@ -20,12 +20,14 @@ def _build(scheme_name="ll_cp", num_epochs=4):
     scheme = schemes.create(scheme_name, context=context, **hparams)
     # Plain SGD: the update is -lr * grad, so updated params expose the gradients.
     tx, _ = optim.create(
-        "sgd", learning_rate=0.1, head_lr_multiplier=10.0, momentum=0.0, weight_decay=0.0
-    )
+        "sgd", learning_rate=0.1, head_lr_multiplier=10.0, scheme_lr_multiplier=10.0,
+        head_name=models.HEAD_NAME, momentum=0.0, weight_decay=0.0,
+    )  # fmt: skip
     model = models.create("resnet_tiny", num_classes=CLASSES)
     state = create_train_state(
-        jax.random.PRNGKey(0), model=model, tx=tx, scheme=scheme, image_shape=(SIZE, SIZE, 3)
-    )
+        jax.random.PRNGKey(0), model=model, tx=tx, scheme=scheme, image_shape=(SIZE, SIZE, 3),
+        labels_obs=jnp.zeros((3 * BATCH, CLASSES), jnp.int8),
+    )  # fmt: skip
     return model, scheme, state
 
 

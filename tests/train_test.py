@@ -73,6 +73,26 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path):
         train.train_and_evaluate(other, str(tmp_path))
 
 
+def test_role_with_boostlu_selected_on_observed_val_labels(data_dir, tmp_path):
+    config = _config(data_dir, "scheme=role,boostlu,val_labels=observed,runlocal")
+    config.num_epochs = 1
+    assert config.model.boost_alpha == 5.0
+    run = train._Run(config, str(tmp_path))
+    initial = run.init_state().scheme_params.logits
+    run.checkpointer.close()
+    state = train.train_and_evaluate(config, str(tmp_path))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["val_labels"] == "observed" and 0.0 < results["test_map"] <= 100.0
+    # The estimator trained (every row is in some batch of the epoch) ...
+    assert np.abs(np.asarray(state.scheme_params.logits) - np.asarray(initial)).min() > 0
+    # ... and is in the checkpoint.
+    checkpointer = checkpointing.Checkpointer(f"{tmp_path}/checkpoints")
+    abstract = checkpointing.abstract_like(state, sharding.replicated(sharding.create_mesh()))
+    restored, _ = checkpointer.restore_latest(abstract)
+    checkpointer.close()
+    chex.assert_trees_all_equal(restored.scheme_params, state.scheme_params)
+
+
 def _command(data_dir, workdir):
     return [
         sys.executable, "-m", "lln_jax.main",
@@ -103,6 +123,7 @@ def _start_and_wait_for(command, environment, checkpoint: pathlib.Path):
     return process
 
 
+@pytest.mark.slow
 def test_a_stopped_and_killed_run_resumes_to_the_same_parameters(data_dir, tmp_path):
     environment = dict(os.environ, JAX_PLATFORMS="cpu")
     uninterrupted, interrupted = tmp_path / "whole", tmp_path / "killed"
@@ -138,6 +159,7 @@ class _DivergingModel(nn.Module):
     num_classes: int
     diverge_after: int
     dtype: jnp.dtype = jnp.float32
+    boost_alpha: float = 1.0
 
     @nn.compact
     def __call__(self, images, train, mask=None):

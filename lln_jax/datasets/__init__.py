@@ -76,7 +76,9 @@ def _read_preparation(data_builder) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); delete it and prepare again")
+        raise ValueError(
+            f"{path} is not valid JSON ({error}); delete it and prepare again"
+        ) from error
 
 
 def _write_preparation(data_builder, *, counts_checked: bool, manual_dir: str | None) -> None:

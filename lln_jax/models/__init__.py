@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from lln_jax.models import resnet
 
-HEAD_NAME = "fc"  # The classification head's module name, trained at a higher LR.
+HEAD_NAME = resnet.HEAD_NAME  # The classification head's module name (own learning rate).
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": resnet.ResNet50,
@@ -20,11 +20,14 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 DTYPES = ("float32", "bfloat16")
 
 
-def create(name: str, *, num_classes: int, dtype: str = "float32", **kwargs: Any) -> nn.Module:
+def create(
+    name: str, *, num_classes: int, dtype: str = "float32", boost_alpha: float = 1.0, **kwargs: Any
+) -> nn.Module:
     """Builds the model `name` with a head of `num_classes` outputs.
 
     `dtype` is the computation dtype: "bfloat16" is mixed precision (bf16 convolutions and
     matmuls on accelerators; float32 parameters, BatchNorm statistics, logits and loss).
+    `boost_alpha` is BoostLU's factor on positive class activations (1: the plain head).
 
     Raises:
       ValueError: for an unknown name (the message lists the valid ones).
@@ -33,4 +36,8 @@ def create(name: str, *, num_classes: int, dtype: str = "float32", **kwargs: Any
         raise ValueError(f"Unknown model {name!r}; valid models: {sorted(MODELS)}")
     if dtype not in DTYPES:
         raise ValueError(f"Unknown model dtype {dtype!r}; valid: {list(DTYPES)}")
-    return MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype), **kwargs)
+    if boost_alpha < 1.0:
+        raise ValueError(f"model.boost_alpha must be >= 1 (1 is the plain head), got {boost_alpha}")
+    return MODELS[name](
+        num_classes=num_classes, dtype=jnp.dtype(dtype), boost_alpha=boost_alpha, **kwargs
+    )

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+HEAD_NAME = "fc"  # torchvision's name for the classification head.
+
 # torchvision initialises convolutions with kaiming_normal_(mode="fan_out", relu).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -147,6 +149,36 @@ class Bottleneck(nn.Module):
         return nn.relu(x + y)
 
 
+class BoostedHead(nn.Module):
+    """The linear head over the last feature map, with BoostLU (SPEC.md section 9).
+
+    The head is applied at every position (a 1x1 convolution, bias included), its positive
+    class activations are multiplied by `alpha`, and the map is averaged:
+    `mean_hw(where(cam > 0, alpha * cam, cam))`. With `alpha == 1` that is global average
+    pooling followed by the head, computed in that order. The parameters are those of the
+    plain linear head (`kernel` `[D, C]`, `bias` `[C]`, PyTorch's `nn.Linear` initialisation),
+    so ImageNet weights and the head's initialisation do not depend on `alpha`.
+    """
+
+    num_classes: int
+    alpha: float = 1.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        """`[B, H, W, D]` features -> `[B, C]` float32 logits."""
+        fan_in = features.shape[-1]
+        kernel = self.param("kernel", torch_linear_init(fan_in), (fan_in, self.num_classes))
+        bias = self.param("bias", torch_linear_init(fan_in), (self.num_classes,))
+        kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
+        if self.alpha == 1.0:
+            pooled = jnp.mean(features, axis=(1, 2)).astype(self.dtype)
+            return (jnp.dot(pooled, kernel) + bias).astype(jnp.float32)
+        cam = jnp.einsum("bhwd,dc->bhwc", features.astype(self.dtype), kernel) + bias
+        cam = cam.astype(jnp.float32)
+        return jnp.mean(jnp.where(cam > 0, self.alpha * cam, cam), axis=(1, 2))
+
+
 class ResNet(nn.Module):
     """ResNet v1.5 with bottleneck blocks, global average pooling and a linear head.
 
@@ -155,6 +187,7 @@ class ResNet(nn.Module):
       stage_sizes: blocks per stage ((3, 4, 6, 3) for ResNet-50).
       stage_widths: bottleneck widths per stage ((64, 128, 256, 512) for ResNet-50).
       stem_width: channels of the 7x7 stem.
+      boost_alpha: BoostLU's factor on positive class activations (1: the plain head).
       dtype: the computation dtype (parameters stay float32).
     """
 
@@ -162,6 +195,7 @@ class ResNet(nn.Module):
     stage_sizes: Sequence[int]
     stage_widths: Sequence[int]
     stem_width: int = 64
+    boost_alpha: float = 1.0
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -186,16 +220,8 @@ class ResNet(nn.Module):
                 strides = 2 if stage > 0 and block == 0 else 1
                 name = f"layer{stage + 1}_{block}"
                 x = Bottleneck(width, strides, conv, norm, self.dtype, name=name)(x, mask)
-        x = jnp.mean(x, axis=(1, 2))
-        fan_in = x.shape[-1]
-        head = nn.Dense(
-            self.num_classes,
-            kernel_init=torch_linear_init(fan_in),
-            bias_init=torch_linear_init(fan_in),
-            dtype=self.dtype,
-            name="fc",
-        )
-        return head(x).astype(jnp.float32)
+        head = BoostedHead(self.num_classes, self.boost_alpha, self.dtype, name=HEAD_NAME)
+        return head(x)
 
 
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), stage_widths=(64, 128, 256, 512))

@@ -1,72 +1,37 @@
-"""Loss schemes: assume-negative and the large-loss family (LL-R, LL-Ct, LL-Cp).
+"""The large-loss family (SPEC.md sections 2-3): LL-R, LL-Ct and LL-Cp.
 
-A scheme is a `LossScheme`, a named triple of pure functions modelled on optax's
-`GradientTransformation`:
-
-- `init() -> state`: the scheme's explicit state (empty, or LL-Cp's `[N, C]` table);
-- `apply(logits, batch, state, rate) -> (loss, new_state, aux)`: the batch loss;
-- `rate_fn(step) -> rate`: the rejection rate of SPEC.md section 3 at a 0-indexed step.
+Among the unobserved entries of the whole global batch, the `k = ceil(B*C*r)` largest
+assume-negative losses are rejected (LL-R), trained as positives for this step (LL-Ct), or
+trained as positives and written into the observed labels for good (LL-Cp, whose `[N, C]`
+table of corrections is the scheme's state).
 
 `apply` takes the rate rather than the step so that the selection is a function of the
 quantity the paper defines it by; the train step evaluates `rate_fn(step)` and passes it in.
 Everything that changes during training (the rate, k, the number of real examples) is a
 traced value, so neither a new epoch nor a smaller last batch recompiles the step.
-
-Builders receive a `SchemeContext` (dataset facts injected by the trainer) plus their own
-hyperparameters; `create(name, context=..., **hparams)` looks them up in `SCHEMES`.
-Schemes whose state is *learned* (ROLE-style label estimates) do not fit this contract:
-learned values belong in the model's params, not in `state`.
-
-This module does no I/O and reads no config.
 """
 
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lln_jax import losses
-
-PyTree = Any
-Batch = Mapping[str, jax.Array]
-Aux = dict[str, jax.Array]
+from lln_jax.schemes.contract import (
+    EmptyState,
+    LossScheme,
+    SchemeContext,
+    diagnostics,
+    mask_of,
+    validate_batch,
+)
 
 # Products num_entries * rate within this relative distance of an integer are that integer:
 # float32 rounding of `(epoch - 1) * delta_rel * B * C` stays within a few ulps (~2e-7
 # relative), and SPEC.md demands that e.g. 16 * 20 * 0.025 gives k = 8, not 9.
 _INTEGER_SNAP = 2.0**-20
-
-
-class SchemeContext(NamedTuple):
-    """Dataset and run facts a scheme is built for, injected by the trainer.
-
-    Attributes:
-      num_examples: N, the number of training examples (rows of LL-Cp's table).
-      num_classes: C.
-      batch_size: the global batch size B; bounds k statically.
-      steps_per_epoch: steps in one epoch, the last partial batch included.
-      num_epochs: the number of epochs the run can reach; bounds k statically.
-    """
-
-    num_examples: int
-    num_classes: int
-    batch_size: int
-    steps_per_epoch: int
-    num_epochs: int
-
-
-class LossScheme(NamedTuple):
-    """A loss scheme: pure functions with explicit state (see the module docstring)."""
-
-    init: Callable[[], PyTree]
-    apply: Callable[[jax.Array, Batch, PyTree, jax.Array], tuple[jax.Array, PyTree, Aux]]
-    rate_fn: Callable[[jax.Array], jax.Array]
-
-
-class EmptyState(NamedTuple):
-    """The state of a stateless scheme."""
 
 
 class CorrectionState(NamedTuple):
@@ -91,11 +56,6 @@ def growing_rate(delta_rel: float) -> Callable[[jax.Array], jax.Array]:
 def constant_rate_after_first_epoch(delta_rel: float) -> Callable[[jax.Array], jax.Array]:
     """LL-Cp schedule: `r = 0` in epoch 1, `delta_rel` from epoch 2 on (the flips accumulate)."""
     return lambda epoch: jnp.where(jnp.asarray(epoch) > 1, jnp.float32(delta_rel), 0.0)
-
-
-def zero_rate(epoch: jax.Array) -> jax.Array:
-    """Assume-negative schedule: nothing is ever selected."""
-    return jnp.zeros_like(jnp.asarray(epoch), dtype=jnp.float32)
 
 
 def epoch_of_step(step: jax.Array, steps_per_epoch: int) -> jax.Array:
@@ -172,23 +132,6 @@ def _correct(loss_matrix: jax.Array, logits: jax.Array, modified: jax.Array) -> 
 # ----------------------------------------------------------------------------- validation
 
 
-def _validate_batch(logits: jax.Array, batch: Batch, num_classes: int) -> None:
-    """Fails loudly on shapes that do not match, and on bad label values when concrete."""
-    if logits.ndim != 2 or logits.shape[1] != num_classes:
-        raise ValueError(f"logits must be [B, {num_classes}], got shape {logits.shape}")
-    labels_obs = batch["labels_obs"]
-    if labels_obs.shape != logits.shape:
-        raise ValueError(f"labels_obs shape {labels_obs.shape} != logits shape {logits.shape}")
-    for key in ("mask", "example_id"):
-        if key in batch and batch[key].shape != logits.shape[:1]:
-            raise ValueError(f"batch[{key!r}] must be [{logits.shape[0]}], got {batch[key].shape}")
-    if not isinstance(labels_obs, jax.core.Tracer):
-        bad = ~np.isin(np.asarray(labels_obs), (-1, 0, 1))
-        if bad.any():
-            values = np.unique(np.asarray(labels_obs)[bad]).tolist()
-            raise ValueError(f"labels_obs must be in {{-1, 0, 1}}; found {values}")
-
-
 def _validate_delta(delta_rel: float) -> float:
     if not 0.0 <= float(delta_rel) <= 1.0:
         raise ValueError(
@@ -196,10 +139,6 @@ def _validate_delta(delta_rel: float) -> float:
             " (the paper's percent 0.2 is delta_rel=0.002)"
         )
     return float(delta_rel)
-
-
-def _mask_of(batch: Batch, logits: jax.Array) -> jax.Array:
-    return batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
 
 
 # ----------------------------------------------------------------------------- schemes
@@ -222,18 +161,6 @@ def _k_max(epoch_rate_fn: Callable, context: SchemeContext) -> int:
     )
 
 
-def _aux(rate: jax.Array, k: jax.Array, modified: jax.Array, flipped: jax.Array, mask) -> Aux:
-    """Diagnostics: scalars for logging, `[B, C]` masks for inspection and tests."""
-    num_entries = jnp.maximum(jnp.sum(mask > 0) * modified.shape[1], 1)
-    return {
-        "rate": jnp.asarray(rate, jnp.float32),
-        "k": jnp.asarray(k, jnp.int32),
-        "modified_fraction": jnp.sum(modified) / num_entries,
-        "modified": modified,
-        "flipped": flipped,
-    }
-
-
 def _large_loss_terms(logits, labels_obs, mask, rate, *, action, k_max):
     """AN loss matrix, selection over the real unobserved entries, action, reduction."""
     loss_matrix = losses.sigmoid_bce(logits, labels_obs == 1)
@@ -244,32 +171,17 @@ def _large_loss_terms(logits, labels_obs, mask, rate, *, action, k_max):
     return loss, modified, k
 
 
-def assume_negative(context: SchemeContext) -> LossScheme:
-    """Naive AN: every unobserved entry is a negative; the rate is ignored."""
-
-    def apply(logits, batch, state, rate, params=()):
-        del rate, params
-        _validate_batch(logits, batch, context.num_classes)
-        mask = _mask_of(batch, logits)
-        loss_matrix = losses.sigmoid_bce(logits, batch["labels_obs"] == 1)
-        nothing = jnp.zeros(logits.shape, bool)
-        aux = _aux(jnp.float32(0.0), jnp.int32(0), nothing, nothing, mask)
-        return losses.mean_over_entries(loss_matrix, mask), state, aux
-
-    return LossScheme(EmptyState, apply, _step_rate_fn(zero_rate, context.steps_per_epoch))
-
-
 def _stateless_large_loss(context: SchemeContext, action, epoch_rate_fn) -> LossScheme:
     k_max = _k_max(epoch_rate_fn, context)
 
     def apply(logits, batch, state, rate, params=()):
         del params
-        _validate_batch(logits, batch, context.num_classes)
-        mask = _mask_of(batch, logits)
+        validate_batch(logits, batch, context.num_classes)
+        mask = mask_of(batch, logits)
         loss, modified, k = _large_loss_terms(
             logits, batch["labels_obs"], mask, rate, action=action, k_max=k_max
         )
-        return loss, state, _aux(rate, k, modified, jnp.zeros_like(modified), mask)
+        return loss, state, diagnostics(rate, k, modified, jnp.zeros_like(modified), mask)
 
     return LossScheme(EmptyState, apply, _step_rate_fn(epoch_rate_fn, context.steps_per_epoch))
 
@@ -299,10 +211,10 @@ def large_loss_permanent_correction(context: SchemeContext, *, delta_rel: float)
 
     def apply(logits, batch, state, rate, params=()):
         del params
-        _validate_batch(logits, batch, num_classes)
+        validate_batch(logits, batch, num_classes)
         if "example_id" not in batch:
             raise KeyError("ll_cp needs batch['example_id'] to index its correction table")
-        mask = _mask_of(batch, logits)
+        mask = mask_of(batch, logits)
         example_id = batch["example_id"]
         corrected_rows = state.corrected[example_id]
         labels_obs = apply_corrections(batch["labels_obs"], corrected_rows)
@@ -312,26 +224,6 @@ def large_loss_permanent_correction(context: SchemeContext, *, delta_rel: float)
         # Padding rows write out of range and are dropped, so they never touch a real row.
         write_id = jnp.where(mask > 0, example_id, num_examples)
         table = state.corrected.at[write_id].set(corrected_rows | modified, mode="drop")
-        return loss, CorrectionState(table), _aux(rate, k, modified, modified, mask)
+        return loss, CorrectionState(table), diagnostics(rate, k, modified, modified, mask)
 
     return LossScheme(init, apply, _step_rate_fn(epoch_rate_fn, context.steps_per_epoch))
-
-
-SCHEMES: dict[str, Callable[..., LossScheme]] = {
-    "an": assume_negative,
-    "ll_r": large_loss_rejection,
-    "ll_ct": large_loss_temporary_correction,
-    "ll_cp": large_loss_permanent_correction,
-}
-
-
-def create(name: str, *, context: SchemeContext, **hparams: Any) -> LossScheme:
-    """Builds the scheme `name` from `SCHEMES` with its hyperparameters.
-
-    Raises:
-      ValueError: for an unknown name (the message lists the valid ones).
-      TypeError: for a hyperparameter the scheme does not take, or a missing one.
-    """
-    if name not in SCHEMES:
-        raise ValueError(f"Unknown loss scheme {name!r}; valid schemes: {sorted(SCHEMES)}")
-    return SCHEMES[name](context, **hparams)
