@@ -60,6 +60,7 @@ def create_config(
       arg: the `get_config` argument: `scheme=<name>` (a key of `recipes`),
         `labels=<single_positive|full|stored>`, `boostlu` (the BoostLU head, alpha 5),
         `val_labels=<true|observed>` (model selection on clean or observed val labels),
+        `linear_init` (first train the head alone on frozen features, 25 epochs),
         `runlocal` (tiny model, small images, two epochs: a smoke run on a CPU).
       dataset: the data set's registry name.
       optimizer: a key of `OPTIMIZERS`.
@@ -73,7 +74,7 @@ def create_config(
     """
     arg = parse_arg(
         arg, scheme="ll_r", labels="single_positive", boostlu=False, val_labels="true",
-        runlocal=False,
+        linear_init=False, runlocal=False,
     )  # fmt: skip
     if arg.scheme not in recipes:
         raise ValueError(f"Unknown scheme {arg.scheme!r}; valid: {sorted(recipes)}")
@@ -124,11 +125,20 @@ def create_config(
         head_lr_multiplier=head_lr_multiplier,
         scheme_lr_multiplier=10.0,  # ROLE's label estimator at 10x (SPEC.md section 9).
     )
+    # LinearInit: before the end-to-end run, the head alone on frozen backbone features for
+    # `num_epochs` (0: off), with the run's optimizer at its own rate and batch size; by
+    # default the head's end-to-end rate and the run's batch.
+    config.linear_init = dict(
+        num_epochs=25 if arg.linear_init else 0,
+        learning_rate=learning_rate * head_lr_multiplier,
+        batch_size=batch_size,
+    )
     config.checkpoint = dict(every_steps=1000, max_to_keep=2)
     if arg.runlocal:
         config.num_epochs = 2
         config.log_every_steps = 5
         config.data.update(image_size=32, batch_size=16, eval_batch_size=16, num_threads=2)
+        config.linear_init.update(num_epochs=min(config.linear_init.num_epochs, 2), batch_size=16)
         config.model.name = "resnet_tiny"
         config.checkpoint.every_steps = 10
         config.data.name = runlocal_dataset or dataset

@@ -105,9 +105,7 @@ def create_splits(
             train_source, train_rows, labels_all[train_rows], labels_obs_all[train_rows], "train"
         ),
         # Val's observed labels (sampled as train's) serve model selection without clean labels.
-        "val": Split(
-            train_source, val_rows, labels_all[val_rows], labels_obs_all[val_rows], "val"
-        ),
+        "val": Split(train_source, val_rows, labels_all[val_rows], labels_obs_all[val_rows], "val"),
         "test": Split(
             test_source,
             np.arange(len(test_labels)),
@@ -132,7 +130,7 @@ def _flip(seed: int, epoch: int, example_id: int) -> bool:
     return bool(np.random.default_rng([seed, epoch, example_id]).random() < 0.5)
 
 
-def _local_slice(batch_size: int, process_index: int, process_count: int) -> slice:
+def local_slice(batch_size: int, process_index: int, process_count: int) -> slice:
     if batch_size % process_count:
         raise ValueError(f"batch size {batch_size} is not divisible by {process_count} processes")
     per_process = batch_size // process_count
@@ -145,7 +143,7 @@ class _BatchLoader:
     def __init__(self, split, *, batch_size, image_size, seed, train, process_index, process_count):
         self.split, self.batch_size, self.image_size = split, batch_size, image_size
         self.seed, self.train = seed, train
-        self.local = _local_slice(batch_size, process_index, process_count)
+        self.local = local_slice(batch_size, process_index, process_count)
         self.steps_per_epoch = steps_per_epoch(split.num_examples, batch_size)
 
     def positions(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:

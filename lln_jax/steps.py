@@ -74,3 +74,14 @@ def eval_step(state: TrainState, batch: Batch, *, model: nn.Module) -> dict[str,
         {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
     )
     return {"scores": jax.nn.sigmoid(logits), "labels": batch["labels_true"], "mask": batch["mask"]}
+
+
+def features_step(state: TrainState, batch: Batch, *, model: nn.Module) -> dict[str, Any]:
+    """Pooled backbone features (eval-mode BatchNorm) and the padding mask of one batch."""
+    features = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        batch["image"],
+        train=False,
+        features_only=True,
+    )
+    return {"features": features, "mask": batch["mask"]}

@@ -19,11 +19,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
+from etils import epath
 
 from lln_jax import (
     checkpointing,
     datasets,
     input_pipeline,
+    linear_init,
     metrics,
     models,
     optim,
@@ -31,7 +33,7 @@ from lln_jax import (
     sharding,
     steps,
 )
-from lln_jax.models import pretrained
+from lln_jax.models import pretrained, resnet
 from lln_jax.train_state import TrainState, create_train_state
 
 # Settings a resumed run may change: they do not change what is computed.
@@ -209,6 +211,7 @@ class _Run:
         )
         self.total_steps = self.steps_per_epoch * config.num_epochs
         self.model = models.create(**config.model, num_classes=self.num_classes)
+        self.head = resnet.BoostedHead(self.num_classes)  # LinearInit's plain head.
         context = schemes.SchemeContext(
             num_examples=train.num_examples,
             num_classes=self.num_classes,
@@ -393,6 +396,63 @@ def _finish(run: _Run, state: TrainState, record: dict, writer, elapsed: float) 
     return results
 
 
+def _linear_init(run: _Run, state: TrainState, writer) -> TrainState:
+    """LinearInit (`config.linear_init`): the head alone on frozen features, resumable."""
+    config, train = run.config.linear_init, run.splits["train"]
+    optim_config = dict(run.config.optim, learning_rate=config.learning_rate)
+    tx, _ = optim.create(**optim_config, head_name=models.HEAD_NAME)
+    create = jax.jit(
+        functools.partial(linear_init.create_head_state, tx=tx), out_shardings=run.replicated
+    )
+    head_state = create(state.params[models.HEAD_NAME], state.scheme_state, state.scheme_params)
+    total = config.num_epochs * input_pipeline.steps_per_epoch(
+        train.num_examples, config.batch_size
+    )
+    checkpointer = checkpointing.Checkpointer(
+        f"{run.workdir}/checkpoints/linear_init", max_to_keep=1
+    )
+    if checkpointer.latest_step() is not None:
+        abstract = checkpointing.abstract_like(head_state, run.replicated)
+        head_state, _ = checkpointer.restore_latest(abstract)
+    start = int(jax.device_get(head_state.step))
+    logging.info("LinearInit: the head alone, steps %d to %d", start, total)
+    if start < total:
+        features = linear_init.extract_features(
+            jax.jit(functools.partial(steps.features_step, model=run.model)),
+            state, train, data_sharding=run.data_sharding, batch_size=config.batch_size,
+            image_size=run.config.data.image_size, num_threads=run.config.data.num_threads,
+        )  # fmt: skip
+    jit_step = jax.jit(
+        functools.partial(linear_init.head_step, head=run.head, scheme=run.scheme),
+        donate_argnums=0,
+        out_shardings=(run.replicated, run.replicated),
+    )
+    local = input_pipeline.local_slice(config.batch_size, jax.process_index(), jax.process_count())
+    steps_per_epoch = input_pipeline.steps_per_epoch(train.num_examples, config.batch_size)
+    for step in range(start, total):
+        batch = linear_init.feature_batch(
+            features, train.labels_obs, seed=run.config.seed, step=step,
+            batch_size=config.batch_size,
+        )  # fmt: skip
+        local_batch = {key: value[local] for key, value in batch.items()}
+        head_state, loss = jit_step(
+            head_state, input_pipeline.to_global(local_batch, run.data_sharding)
+        )
+        if (step + 1) % steps_per_epoch == 0:
+            writer.write_scalars(step + 1, {"linear_init/loss": float(jax.device_get(loss))})
+            checkpointer.save(step + 1, head_state, {})
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    params = {**state.params, models.HEAD_NAME: head_state.head}
+    trainable = optim.trainable(params, head_state.scheme_params)
+    return state.replace(
+        params=params,
+        scheme_state=head_state.scheme_state,
+        scheme_params=head_state.scheme_params,
+        opt_state=jax.jit(run.tx.init, out_shardings=run.replicated)(trainable),
+    )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) per `config` in `workdir`; tests the best-val model at the end.
 
@@ -402,7 +462,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     workdir = str(workdir)
     run = _Run(config, workdir)
     has_checkpoint = run.checkpointer.latest_step() is not None
-    check_and_write_config(config, workdir, has_checkpoint)
+    linear_init_started = epath.Path(f"{workdir}/checkpoints/linear_init").exists()
+    check_and_write_config(config, workdir, has_checkpoint or linear_init_started)
     state, record = run.init_state(), _fresh_record(run.splits)
     if has_checkpoint:
         abstract = checkpointing.abstract_like(state, run.replicated)
@@ -416,6 +477,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     )
     if not has_checkpoint:
         writer.write_hparams(_flat(config))
+        if config.linear_init.num_epochs > 0:
+            state = _linear_init(run, state, writer)
     start = time.time()
     try:
         if not (record["stopped_early"] or int(jax.device_get(state.step)) >= run.total_steps):

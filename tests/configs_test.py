@@ -74,6 +74,48 @@ def test_paper_hyperparameters(name):
     assert _load(name, "scheme=an").scheme.to_dict() == {"name": "an"}
 
 
+# Zhou et al.'s EM settings: batch, learning rate, entropy weight (Adam on every data set).
+EM = {
+    "voc.py": (8, 1e-5, 0.2),
+    "coco.py": (16, 1e-5, 0.1),
+    "nuswide.py": (16, 1e-5, 0.1),
+    "cub.py": (8, 1e-4, 0.01),
+}
+EXPECTED_POSITIVES = {"voc.py": 1.5, "coco.py": 2.9, "nuswide.py": 1.9, "cub.py": 31.4}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_baseline_recipes(name):
+    batch_size, learning_rate, weight = EM[name]
+    em = _load(name, "scheme=em")
+    assert (em.data.batch_size, em.optim.learning_rate) == (batch_size, learning_rate)
+    assert (em.optim.name, em.scheme.entropy_weight) == ("adam", weight)
+    optimizer, paper_lr, _ = PAPER[name]
+    for scheme in ("an_ls", "wan", "epr", "role"):  # Cole et al.'s: the data set's lr and batch.
+        config = _load(name, f"scheme={scheme}")
+        assert (config.optim.name, config.optim.learning_rate) == (optimizer, paper_lr)
+        assert config.data.batch_size == 16
+    assert _load(name, "scheme=epr").scheme.expected_num_pos == EXPECTED_POSITIVES[name]
+    assert _load(name, "scheme=role").scheme.expected_num_pos == EXPECTED_POSITIVES[name]
+    assert _load(name, "scheme=an_ls").scheme.label_smoothing == 0.1
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_recipe_states_exactly_its_schemes_hyperparameters(name):
+    for scheme in SCHEMES:
+        config = _load(name, f"scheme={scheme}")
+        assert set(config.scheme) - {"name"} == set(schemes.hyperparameters(scheme))
+
+
+def test_head_options_and_phases_from_the_argument():
+    config = _load("coco.py", "scheme=ll_r,boostlu,val_labels=observed,linear_init")
+    assert config.model.boost_alpha == 5.0 and config.data.val_labels == "observed"
+    assert (config.linear_init.num_epochs, config.linear_init.learning_rate) == (25, 1e-4)
+    plain = _load("coco.py", "scheme=ll_r")
+    assert plain.model.boost_alpha == 1.0 and plain.data.val_labels == "true"
+    assert plain.linear_init.num_epochs == 0
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_runlocal_shrinks_the_same_config(name):
     config = _load(name, "scheme=ll_cp,runlocal")

@@ -199,10 +199,18 @@ class ResNet(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool, mask: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        images: jax.Array,
+        train: bool,
+        mask: jax.Array | None = None,
+        features_only: bool = False,
+    ) -> jax.Array:
         """`[B, H, W, 3]` pixels in [0, 255] (uint8 or float) -> `[B, C]` float32 logits.
 
         `mask` `[B]` marks the real rows of a padded batch; BatchNorm ignores the others.
+        With `features_only`, the `[B, D]` float32 globally pooled features instead (the
+        head's input, for LinearInit).
         """
         conv = functools.partial(
             nn.Conv, use_bias=False, padding="VALID", kernel_init=conv_init, dtype=self.dtype
@@ -220,6 +228,8 @@ class ResNet(nn.Module):
                 strides = 2 if stage > 0 and block == 0 else 1
                 name = f"layer{stage + 1}_{block}"
                 x = Bottleneck(width, strides, conv, norm, self.dtype, name=name)(x, mask)
+        if features_only:
+            return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
         head = BoostedHead(self.num_classes, self.boost_alpha, self.dtype, name=HEAD_NAME)
         return head(x)
 

@@ -1,0 +1,83 @@
+"""LinearInit: the head alone on frozen features, then the end-to-end run; resumable."""
+
+import importlib.util
+import json
+import pathlib
+
+import chex
+import jax
+import numpy as np
+import pytest
+from clu import metric_writers
+
+from lln_jax import datasets, linear_init, models, train
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tfds")
+    datasets.prepare("digit_mosaics_small", str(path))
+    return str(path)
+
+
+def _config(data_dir, num_epochs=2, scheme="role"):
+    spec = importlib.util.spec_from_file_location("digits", CONFIG_DIR / "digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(f"scheme={scheme},linear_init,runlocal")
+    config.data.data_dir = data_dir
+    config.linear_init.num_epochs = num_epochs
+    return config
+
+
+def _head_phase(config, workdir):
+    run = train._Run(config, str(workdir))
+    initial = run.init_state()
+    state = train._linear_init(run, initial, metric_writers.MultiWriter([]))
+    run.checkpointer.close()
+    return jax.device_get(initial), jax.device_get(state)
+
+
+def test_the_head_trains_alone_and_the_run_starts_from_it(data_dir, tmp_path):
+    config = _config(data_dir)
+    assert (config.linear_init.num_epochs, config.linear_init.learning_rate) == (2, 1e-3)
+    initial, state = _head_phase(config, tmp_path)
+    head = models.HEAD_NAME
+    backbone = {k: v for k, v in state.params.items() if k != head}
+    chex.assert_trees_all_equal(backbone, {k: v for k, v in initial.params.items() if k != head})
+    chex.assert_trees_all_equal(state.batch_stats, initial.batch_stats)  # Eval-mode features.
+    assert not np.allclose(state.params[head]["kernel"], initial.params[head]["kernel"])
+    assert not np.allclose(state.scheme_params.logits, initial.scheme_params.logits)  # ROLE's.
+    # The end-to-end optimizer starts fresh (Adam: step count and moments all zero).
+    assert not any(np.any(leaf) for leaf in jax.tree.leaves(state.opt_state))
+
+
+def test_a_head_phase_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(data_dir, tmp_path):
+    _, whole = _head_phase(_config(data_dir), tmp_path / "whole")
+    _head_phase(_config(data_dir, num_epochs=1), tmp_path / "stopped")  # Saved after epoch 1.
+    _, resumed = _head_phase(_config(data_dir), tmp_path / "stopped")
+    chex.assert_trees_all_equal(resumed.params, whole.params)
+    chex.assert_trees_all_equal(resumed.scheme_params, whole.scheme_params)
+
+
+def test_a_run_with_linear_init_trains_end_to_end(data_dir, tmp_path):
+    config = _config(data_dir, scheme="ll_cp")
+    config.num_epochs = 1
+    train.train_and_evaluate(config, str(tmp_path))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["config"]["linear_init"]["num_epochs"] == 2
+    assert 0.0 < results["test_map"] <= 100.0
+    assert (tmp_path / "checkpoints" / "linear_init").exists()
+
+
+def test_feature_batches_cover_every_example_once_per_epoch():
+    features = np.arange(10, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32)
+    labels = np.zeros((10, 3), np.int8)
+    seen = []
+    for step in range(3):  # 10 examples, batch 4: 4 + 4 + 2 real rows.
+        batch = linear_init.feature_batch(features, labels, seed=0, step=step, batch_size=4)
+        seen.extend(batch["example_id"][batch["mask"] > 0].tolist())
+        np.testing.assert_array_equal(batch["features"][:, 0], batch["example_id"])
+    assert sorted(seen) == list(range(10))
