@@ -20,10 +20,19 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
             raise ValueError(f"Unknown config argument {key!r}; valid: {sorted(defaults)}")
         default = defaults[key]
         if isinstance(default, bool):
-            parsed[key] = value.lower() in ("", "1", "true", "yes")
+            parsed[key] = _parse_bool(key, value)
         else:
             parsed[key] = type(default)(value)
     return parsed
+
+
+_BOOLS = {"": True, "1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def _parse_bool(key: str, value: str) -> bool:
+    if value.lower() not in _BOOLS:
+        raise ValueError(f"config argument {key}={value!r}: give {key}, {key}=true or {key}=false")
+    return _BOOLS[value.lower()]
 
 
 # The paper's optimizers (SPEC.md section 4); learning rates are per data set.
@@ -84,6 +93,8 @@ def create_config(
     learning_rate = overrides.get("learning_rate", learning_rate)
     batch_size = overrides.get("batch_size", batch_size)
     config = ml_collections.ConfigDict()
+    # The scheme whose recipe this config holds; overriding scheme.name alone is refused.
+    config.recipe = arg.scheme
     config.seed = 0
     config.num_epochs = num_epochs
     config.log_every_steps = 50

@@ -2,10 +2,18 @@
 
 Intentionally kept short: everything else is importable from `lln_jax.train`.
 Set `LLN_MULTIHOST=1` on every host of a multi-host (TPU pod) run.
+
+Exit codes, for launchers:
+  0   the run finished (or the workdir already held the finished run);
+  1   the run failed (a traceback, or a non-finite loss: see the message);
+  2   the config or the workdir refused the run before it started (one line says why);
+  75  SIGTERM or SIGINT stopped it after a checkpoint: rerun the same command to resume.
 """
 
 import logging as python_logging
 import os
+import shlex
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -15,16 +23,45 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results.json g
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
+EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 1, 2, 75
+
 
 def _quiet_orbax(record) -> bool:
     """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
     return record.levelno >= python_logging.WARNING or "orbax" not in record.pathname
 
 
-def main(argv):
+def _refuse(message: str) -> None:
+    sys.stderr.write(f"lln_jax.main: {message}\n")
+    sys.exit(EXIT_REFUSED)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a bad config file, key or value as one line, not a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:  # A config file that raised: its first and last lines.
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        _refuse(lines[0] if len(lines) < 3 else f"{lines[0]} {lines[-1]}")
+    except (AttributeError, KeyError, TypeError, ValueError) as error:  # From the config.
+        _refuse(str(error).strip("'\"").replace("\\n", " ").replace("\\'", "'"))
+    return []
+
+
+def _check_config() -> None:
+    from lln_jax import config_checks
+
+    try:
+        config_checks.check(FLAGS.config)
+    except config_checks.ConfigError as error:
+        _refuse(f"bad config: {error}")
+
+
+def _run(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_quiet_orbax)
+    _check_config()
     # TensorFlow (TFDS, the metric writers) must never take the accelerator.
     import tensorflow as tf
 
@@ -33,15 +70,29 @@ def main(argv):
 
     if os.environ.get("LLN_MULTIHOST") == "1":
         jax.distributed.initialize()
-    from lln_jax import train
+    from lln_jax import train, workdir, workdir_lock
 
     logging.info(
         "process %d of %d, %d local devices of %d (%s)",
         jax.process_index(), jax.process_count(), jax.local_device_count(),
         jax.device_count(), jax.devices()[0].platform,
     )  # fmt: skip
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (workdir.ConfigMismatchError, workdir_lock.WorkdirLockedError) as error:
+        _refuse(str(error))
+    except train.NonFiniteLossError as error:
+        sys.stderr.write(f"lln_jax.main: {error}\n")
+        sys.exit(EXIT_FAILED)
+    except train.RunInterruptedError as error:
+        command = shlex.join([sys.executable, "-m", "lln_jax.main", *sys.argv[1:]])
+        sys.stderr.write(f"lln_jax.main: {error}.\nResume with: {command}\n")
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def main() -> None:
+    app.run(_run, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

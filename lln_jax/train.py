@@ -6,9 +6,7 @@ Only this module and `main.py` see the whole config; every builder gets its own 
 
 import functools
 import hashlib
-import json
 import math
-import pathlib
 import signal
 import threading
 import time
@@ -19,7 +17,6 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
-from etils import epath
 
 from lln_jax import (
     checkpointing,
@@ -32,65 +29,57 @@ from lln_jax import (
     schemes,
     sharding,
     steps,
+    workdir_lock,
 )
+from lln_jax import workdir as workdir_lib
 from lln_jax.models import pretrained, resnet
 from lln_jax.train_state import TrainState, create_train_state
-
-# Settings a resumed run may change: they do not change what is computed.
-RESUMABLE_CHANGES = (
-    "log_every_steps", "data.num_threads", "data.num_workers", "data.data_dir", "checkpoint.",
-)  # fmt: skip
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; nothing after the last good save is kept."""
 
 
-class _Preemption:
-    """Turns SIGTERM into a request to checkpoint and stop at the next step boundary."""
+class RunInterruptedError(Exception):
+    """A signal stopped the run after a checkpoint at a step boundary; rerun to resume."""
+
+    def __init__(self, signal_name: str, step: int, total_steps: int, workdir: str):
+        super().__init__(
+            f"{signal_name}: stopped at step {step} of {total_steps}; the checkpoint of step "
+            f"{step} is in {workdir}/checkpoints/latest"
+        )
+        self.step = step
+
+
+class _StopRequest:
+    """Turns SIGTERM and SIGINT into a request to checkpoint and stop at the next step boundary.
+
+    A second SIGINT (Ctrl-C twice) stops at once, as Python does by default.
+    """
 
     def __init__(self):
-        self.requested = False
+        self.signal_name: str | None = None
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._request)
+            signal.signal(signal.SIGINT, self._request)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
 
     def _request(self, signum, frame):
-        del signum, frame
-        logging.warning("SIGTERM: saving a checkpoint at the next step, then stopping.")
-        self.requested = True
-
-
-def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    def walk(node, prefix):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                yield from walk(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
-
-    return dict(walk(json.loads(config.to_json_best_effort()), ""))
-
-
-def check_and_write_config(config: ml_collections.ConfigDict, workdir: str, has_checkpoint: bool):
-    """Refuses to resume a checkpoint of another config; writes `config.json` (process 0)."""
-    path = pathlib.Path(workdir) / "config.json"
-    if has_checkpoint and path.exists():
-        saved = _flat(ml_collections.ConfigDict(json.loads(path.read_text())))
-        current = _flat(config)
-        differences = sorted(
-            key
-            for key in set(saved) | set(current)
-            if saved.get(key) != current.get(key) and not key.startswith(RESUMABLE_CHANGES)
+        del frame
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        logging.warning(
+            "%s: saving a checkpoint at the next step, then stopping.", self.signal_name
         )
-        if differences:
-            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differences)
-            raise ValueError(
-                f"workdir {workdir} holds a checkpoint of a different config ({details}); "
-                "use another --workdir or the same config"
-            )
-    if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+    def restore_defaults(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def create_splits(data_config: ml_collections.ConfigDict) -> dict[str, input_pipeline.Split]:
@@ -147,20 +136,41 @@ def _predict(
     return collected
 
 
-def _log_train_metrics(writer, step: int, train_metrics, lr_fn) -> None:
+# A logged loss this many times the first one logged is warned about (a learning rate far
+# too high grows it by orders of magnitude long before it overflows).
+LOSS_GROWTH_WARNING = 100.0
+
+
+def _log_train_metrics(writer, step: int, train_metrics, run: "_Run", first_loss: list) -> None:
     """Writes the merged train metrics; a non-finite loss or norm stops the run.
 
-    Called before every save, so no checkpoint ever holds a diverged state.
+    Called before every save, so no checkpoint ever holds a diverged state. `first_loss`
+    holds the first loss logged this session, the reference for the growth warning.
     """
     values = jax.device_get(train_metrics.compute())
     bad = [name for name in ("loss", "grad_norm", "param_norm") if not np.isfinite(values[name])]
     if bad:
+        saved = run.checkpointer.latest_step()
+        where = (
+            f"the newest checkpoint (step {saved}) in {run.workdir} is the last good state"
+            if saved is not None
+            else f"no checkpoint was saved in {run.workdir}"
+        )
         raise NonFiniteLossError(
             f"non-finite {', '.join(bad)} by step {step} ({ {k: float(values[k]) for k in bad} }); "
-            "stopped without saving: the newest checkpoint in the workdir is the last good state"
+            f"stopped without saving: {where}"
         )
+    loss = float(values["loss"])
+    if not first_loss:
+        first_loss.append(loss)
+    if loss > LOSS_GROWTH_WARNING * max(first_loss[0], 1e-12):
+        logging.warning(
+            "step %d: the loss grew from %.3g to %.3g (gradient norm %.3g): the learning rate "
+            "(optim.learning_rate=%g) may be far too high",
+            step, first_loss[0], loss, float(values["grad_norm"]), run.config.optim.learning_rate,
+        )  # fmt: skip
     scalars = {f"train/{name}": float(value) for name, value in values.items()}
-    scalars["train/learning_rate"] = lr_fn(step)
+    scalars["train/learning_rate"] = run.lr_fn(step)
     writer.write_scalars(step, scalars)
 
 
@@ -168,8 +178,10 @@ def _labels_digest(labels_obs: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(labels_obs).tobytes()).hexdigest()
 
 
-def _fresh_record(splits) -> dict[str, Any]:
+def _fresh_record(splits, config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The loop's bookkeeping, saved with every checkpoint (the config included)."""
     return {
+        "config": workdir_lib.config_json(config),
         "val_map": [],
         "best_val_map": -math.inf,
         "best_epoch": 0,
@@ -338,11 +350,11 @@ def _epoch_scalars(record: dict) -> dict[str, float]:
     return scalars
 
 
-def _train(run: _Run, state: TrainState, record: dict, writer) -> TrainState:
-    """The loop from the restored step to the end, an early stop or a preemption."""
+def _train(run: _Run, state: TrainState, record: dict, writer, stop_request) -> TrainState:
+    """The loop from the restored step to the end, an early stop or a stop request."""
     config, step = run.config, int(jax.device_get(state.step))
     report = periodic_actions.ReportProgress(num_train_steps=run.total_steps, writer=writer)
-    preemption, train_metrics = _Preemption(), None
+    train_metrics, first_loss = None, []
     for batch in run.train_batches(start=step):
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             state, update = run.jit_train_step(
@@ -352,16 +364,16 @@ def _train(run: _Run, state: TrainState, record: dict, writer) -> TrainState:
         step += 1
         report(step)
         epoch_ends = step % run.steps_per_epoch == 0
-        save = epoch_ends or step % config.checkpoint.every_steps == 0 or preemption.requested
+        save = epoch_ends or step % config.checkpoint.every_steps == 0 or stop_request.requested
         if step % config.log_every_steps == 0 or save:
-            _log_train_metrics(writer, step, train_metrics, run.lr_fn)
+            _log_train_metrics(writer, step, train_metrics, run, first_loss)
             train_metrics = None
         stop = epoch_ends and _end_of_epoch(run, state, step, record)
         if epoch_ends:
             writer.write_scalars(step, _epoch_scalars(record))
         if save:
             run.checkpointer.save(step, state, record)
-        if stop or preemption.requested:
+        if stop or stop_request.requested:
             break
     return state
 
@@ -369,6 +381,12 @@ def _train(run: _Run, state: TrainState, record: dict, writer) -> TrainState:
 def _finish(run: _Run, state: TrainState, record: dict, writer, elapsed: float) -> dict:
     """Test mAP of the best-val checkpoint; `results.json` and a summary."""
     best = run.checkpointer.restore_best(checkpointing.abstract_like(state, run.replicated))
+    if best is None:
+        raise FileNotFoundError(
+            f"the best-val state (epoch {record['best_epoch']}) is missing or does not restore "
+            f"from {run.workdir}/checkpoints/best (a failed one is in checkpoints/quarantine); "
+            "the test of the best model cannot run: train again in a new --workdir"
+        )
     test_map = run.evaluate(best, "test")
     writer.write_scalars(int(jax.device_get(state.step)), {"test/map": test_map})
     results = {
@@ -380,12 +398,11 @@ def _finish(run: _Run, state: TrainState, record: dict, writer, elapsed: float) 
         "stopped_early": record["stopped_early"],
         **{key: value for key, value in record.items() if key.endswith("negative_loss")},
         "observed_labels_sha256": record["observed_labels_sha256"],
+        "final_step": int(jax.device_get(state.step)),
         "train_seconds_this_session": elapsed,
-        "config": json.loads(run.config.to_json_best_effort()),
+        "config": workdir_lib.config_json(run.config),
     }
-    if jax.process_index() == 0:
-        path = pathlib.Path(run.workdir) / "results.json"
-        path.write_text(json.dumps(results, indent=2) + "\n")
+    workdir_lib.write_results(results, run.workdir)
     logging.info(
         "\n  scheme %s on %s: test mAP %.2f (best val mAP %.2f at epoch %d of %d)"
         "\n  val mAP per epoch: %s\n  results: %s/results.json",
@@ -453,40 +470,84 @@ def _linear_init(run: _Run, state: TrainState, writer) -> TrainState:
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def _restore(run: _Run, state: TrainState, record: dict) -> tuple[TrainState, dict, bool]:
+    """The newest checkpoint that restores, checked against the config; or the fresh state."""
+    abstract = checkpointing.abstract_like(state, run.replicated)
+    restored = run.checkpointer.restore_latest(abstract)
+    if restored is None:
+        return state, record, False
+    state, record = restored
+    source = f"{run.workdir}/checkpoints/latest/{int(jax.device_get(state.step))}"
+    workdir_lib.check_same_config(record.get("config", {}), run.config, source)
+    if record["best_epoch"] and run.checkpointer.restore_best(abstract) is None:
+        logging.error(
+            "the best-val state (epoch %d) does not restore; unless a later epoch beats it, "
+            "the final test cannot run", record["best_epoch"],
+        )  # fmt: skip
+    logging.info("Resumed from %s", source)
+    return state, record, True
+
+
+def _report_stored(results: dict[str, Any], workdir: str) -> None:
+    logging.info(
+        "\n  %s holds a finished run: test mAP %.2f (best val mAP %.2f at epoch %d); "
+        "nothing to do.\n  results: %s/results.json",
+        workdir, results["test_map"], results["best_val_map"], results["best_epoch"], workdir,
+    )  # fmt: skip
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState | None:
     """Trains (or resumes) per `config` in `workdir`; tests the best-val model at the end.
 
+    Holds the workdir's lease throughout, so a second run there refuses.
+
     Returns:
-      The final train state (the best-val state is in `workdir/checkpoints/best`).
+      The final train state (the best-val state is in `workdir/checkpoints/best`), or None
+      when the workdir already holds the finished run (its stored results are reported).
+
+    Raises:
+      RunInterruptedError: SIGTERM or SIGINT stopped the run after a checkpoint.
     """
     workdir = str(workdir)
+    stored = workdir_lib.finished_results(config, workdir)
+    if stored is not None:
+        _report_stored(stored, workdir)
+        return None
+    lock = workdir_lock.WorkdirLock(workdir)
+    if jax.process_index() == 0:
+        lock.acquire()
+    try:
+        return _train_and_evaluate(config, workdir)
+    finally:
+        lock.release()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    workdir_lib.check_config_file(config, workdir)  # Before the data is opened.
     run = _Run(config, workdir)
-    has_checkpoint = run.checkpointer.latest_step() is not None
-    linear_init_started = epath.Path(f"{workdir}/checkpoints/linear_init").exists()
-    check_and_write_config(config, workdir, has_checkpoint or linear_init_started)
-    state, record = run.init_state(), _fresh_record(run.splits)
-    if has_checkpoint:
-        abstract = checkpointing.abstract_like(state, run.replicated)
-        state, record = run.checkpointer.restore_latest(abstract)
-        logging.info("Resumed from step %d in %s", int(jax.device_get(state.step)), workdir)
+    state, record, resumed = _restore(run, run.init_state(), _fresh_record(run.splits, config))
     if record["observed_labels_sha256"] != _labels_digest(run.splits["train"].labels_obs):
         raise ValueError("the observed labels differ from those the checkpoint was trained on")
+    workdir_lib.write_config(config, workdir)
     _log_build_facts(config, run.splits, run, state)
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=True
     )
-    if not has_checkpoint:
-        writer.write_hparams(_flat(config))
-        if config.linear_init.num_epochs > 0:
-            state = _linear_init(run, state, writer)
-    start = time.time()
+    stop_request, start = _StopRequest(), time.time()
     try:
+        if not resumed:
+            writer.write_hparams(workdir_lib.flat(config))
+            if config.linear_init.num_epochs > 0:
+                state = _linear_init(run, state, writer)
         if not (record["stopped_early"] or int(jax.device_get(state.step)) >= run.total_steps):
-            state = _train(run, state, record, writer)
+            state = _train(run, state, record, writer, stop_request)
         run.checkpointer.wait_until_finished()
-        if record["stopped_early"] or int(jax.device_get(state.step)) >= run.total_steps:
-            _finish(run, state, record, writer, time.time() - start)
+        if stop_request.requested:  # Even after the last step: the test runs on the rerun.
+            step = int(jax.device_get(state.step))
+            raise RunInterruptedError(stop_request.signal_name, step, run.total_steps, workdir)
+        _finish(run, state, record, writer, time.time() - start)
     finally:  # Even on an error, the saves already started complete.
+        stop_request.restore_defaults()
         run.checkpointer.wait_until_finished()
         run.checkpointer.close()
         writer.flush()

@@ -136,6 +136,34 @@ def test_mistyped_override_fails_before_anything_runs(tmp_path):
         "--config.scheme.delta_rell=0.003", f"--workdir={tmp_path}",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode != 0
-    assert "delta_rell" in done.stderr
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        'lln_jax.main: \'delta_rell\' Did you mean "delta_rel" instead of "delta_rell"?'
+    ]
     assert not any(tmp_path.iterdir())  # Nothing was started.
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["coco.py:runlocal=maybe"], "config argument runlocal='maybe': give runlocal"),
+        (
+            ["digits.py", "--config.data.batch_size=0", "--config.num_epochs=0",
+             "--config.checkpoint.every_steps=0", "--config.data.val_frac=0"],
+            "bad config: num_epochs=0 must be a positive integer; data.batch_size=0 must be a "
+            "positive integer; checkpoint.every_steps=0 must be a positive integer; "
+            "data.val_frac=0.0 must be in (0, 1)",
+        ),
+        (["digits.py", "--config.scheme.name=ll_cp"], "holds the recipe of 'll_r'"),
+        (["digits.py:scheme=an", "--config.optim.learning_rate=-1"], "learning_rate=-1.0"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_one_line_before_anything_heavy(tmp_path, arguments, message):
+    config, *overrides = arguments
+    command = [sys.executable, "-m", "lln_jax.main", f"--config={CONFIG_DIR / config}",
+               *overrides, f"--workdir={tmp_path}"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr
+    assert "tensorflow" not in done.stderr.lower()  # Refused before TensorFlow was imported.
+    assert not any(tmp_path.iterdir())

@@ -62,10 +62,10 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path):
     assert list(tmp_path.glob("events.out.tfevents.*"))
     assert int(np.asarray(state.scheme_state.corrected).sum()) > 0  # LL-Cp corrected entries.
 
-    # The same command again finds the run finished: no training, the same test result.
-    again = train.train_and_evaluate(config, str(tmp_path))
-    assert int(again.step) == int(state.step)
-    assert json.loads((tmp_path / "results.json").read_text())["test_map"] == results["test_map"]
+    # The same command again finds the run finished: it reports the stored results and
+    # leaves them as they are (the training time included).
+    assert train.train_and_evaluate(config, str(tmp_path)) is None
+    assert json.loads((tmp_path / "results.json").read_text()) == results
 
     # Another config in this workdir is refused, naming what differs.
     other = _config(data_dir, **{"scheme.delta_rel": 0.5})
@@ -93,10 +93,10 @@ def test_role_with_boostlu_selected_on_observed_val_labels(data_dir, tmp_path):
     chex.assert_trees_all_equal(restored.scheme_params, state.scheme_params)
 
 
-def _command(data_dir, workdir):
+def _command(data_dir, workdir, scheme="ll_cp"):
     return [
         sys.executable, "-m", "lln_jax.main",
-        f"--config={CONFIG_DIR / 'digits.py'}:scheme=ll_cp,runlocal",
+        f"--config={CONFIG_DIR / 'digits.py'}:scheme={scheme},runlocal",
         f"--config.data.data_dir={data_dir}", "--config.num_epochs=4",
         "--config.checkpoint.every_steps=4", f"--workdir={workdir}",
     ]  # fmt: skip
@@ -113,9 +113,9 @@ def _final_state(workdir):
     return step, restored
 
 
-def _start_and_wait_for(command, environment, checkpoint: pathlib.Path):
+def _start_and_wait_for(command, environment, checkpoint: pathlib.Path, stderr=None):
     process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+                               stderr=stderr or subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
     while not checkpoint.exists():
         assert process.poll() is None and time.time() < deadline, "the run ended too soon"
@@ -124,19 +124,26 @@ def _start_and_wait_for(command, environment, checkpoint: pathlib.Path):
 
 
 @pytest.mark.slow
-def test_a_stopped_and_killed_run_resumes_to_the_same_parameters(data_dir, tmp_path):
+@pytest.mark.parametrize("scheme", ["ll_cp", "role"])  # LL-Cp's table, ROLE's estimator.
+def test_a_stopped_and_killed_run_resumes_to_the_same_parameters(data_dir, tmp_path, scheme):
     environment = dict(os.environ, JAX_PLATFORMS="cpu")
     uninterrupted, interrupted = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(_command(data_dir, uninterrupted), env=environment, check=True, timeout=600,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(_command(data_dir, uninterrupted, scheme), env=environment, check=True,
+                   timeout=600, capture_output=True)  # fmt: skip
     latest = interrupted / "checkpoints" / "latest"
     # A preemption (SIGTERM) mid-epoch 2: the run saves at its next step and exits cleanly.
-    command = _command(data_dir, interrupted)
-    process = _start_and_wait_for(command, environment, latest / "16")
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 0
+    command = _command(data_dir, interrupted, scheme)
+    with (tmp_path / "stopped.log").open("w") as log:
+        process = _start_and_wait_for(command, environment, latest / "16", stderr=log)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 75  # "Stopped after a checkpoint: rerun."
     saved = max(int(p.name) for p in latest.iterdir() if p.name.isdigit())
     assert saved >= 16 and not (interrupted / "results.json").exists()
+    said = (tmp_path / "stopped.log").read_text().splitlines()[-2:]
+    assert said[0] == f"lln_jax.main: SIGTERM: stopped at step {saved} of 60; the checkpoint " + (
+        f"of step {saved} is in {interrupted}/checkpoints/latest."
+    )
+    assert said[1].startswith("Resume with: ") and said[1].endswith(f"--workdir={interrupted}")
     # Then a hard kill (SIGKILL) in epoch 3, after the next periodic save.
     process = _start_and_wait_for(command, environment, latest / "36")
     process.send_signal(signal.SIGKILL)
@@ -147,7 +154,7 @@ def test_a_stopped_and_killed_run_resumes_to_the_same_parameters(data_dir, tmp_p
     whole_step, whole = _final_state(uninterrupted)
     killed_step, killed = _final_state(interrupted)
     assert whole_step == killed_step == 4 * 15
-    chex.assert_trees_all_equal(killed, whole)  # Bit for bit, LL-Cp's table included.
+    chex.assert_trees_all_equal(killed, whole)  # Bit for bit, LL-Cp's or ROLE's tables too.
     results = [json.loads((d / "results.json").read_text()) for d in (uninterrupted, interrupted)]
     assert results[0]["val_map"] == results[1]["val_map"]
     assert results[0]["test_map"] == results[1]["test_map"]

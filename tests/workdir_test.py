@@ -1,0 +1,219 @@
+"""Runs that survive operators: corrupt checkpoints, lost files, concurrent starts, signals."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+
+import chex
+import numpy as np
+import pytest
+
+from lln_jax import checkpointing, datasets, train, workdir_lock
+from lln_jax import workdir as workdir_lib
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+TOTAL_STEPS = 30  # runlocal: 240 train examples, batch 16, 2 epochs.
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tfds")
+    datasets.prepare("digit_mosaics_small", str(path))
+    return str(path)
+
+
+def _config(data_dir, **overrides):
+    spec = importlib.util.spec_from_file_location("digits", CONFIG_DIR / "digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("scheme=ll_cp,runlocal")
+    config.data.data_dir = data_dir
+    config.data.eval_batch_size = 64
+    config.checkpoint.every_steps = 10  # Latest keeps steps 20 and 30.
+    for key, value in overrides.items():
+        parent, leaf = key.rsplit(".", 1) if "." in key else ("", key)
+        (config[parent] if parent else config)[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def finished(data_dir, tmp_path_factory):
+    """A finished run: its workdir, final state and results."""
+    workdir = tmp_path_factory.mktemp("finished")
+    state = train.train_and_evaluate(_config(data_dir), str(workdir))
+    return workdir, state, json.loads((workdir / "results.json").read_text())
+
+
+def _unfinished_copy(finished, tmp_path) -> pathlib.Path:
+    """The finished run's workdir as if it had been killed just before its test."""
+    workdir = tmp_path / "work"
+    shutil.copytree(finished[0], workdir)
+    (workdir / "results.json").unlink()
+    (workdir / workdir_lock.LOCK_FILE).unlink(missing_ok=True)
+    return workdir
+
+
+def _truncate_the_data_files(step_dir: pathlib.Path) -> None:
+    for data in [*step_dir.glob("state/d/*"), *step_dir.glob("state/ocdbt.process_*/d/*")]:
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])
+
+
+CORRUPTIONS = {
+    "emptied step directory": lambda step: [shutil.rmtree(step), step.mkdir()],
+    "truncated data files": _truncate_the_data_files,
+    "missing record metadata": lambda step: shutil.rmtree(step / "record"),
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_previous_one_used(
+    data_dir, finished, tmp_path, corruption
+):
+    workdir = _unfinished_copy(finished, tmp_path)
+    newest = workdir / "checkpoints" / "latest" / str(TOTAL_STEPS)
+    CORRUPTIONS[corruption](newest)
+    state = train.train_and_evaluate(_config(data_dir), str(workdir))
+    quarantined = list((workdir / "checkpoints" / "quarantine").iterdir())
+    assert [p.name.startswith(f"latest-{TOTAL_STEPS}-") for p in quarantined] == [True]
+    # Resumed from step 20, it ends where the uninterrupted run ended.
+    chex.assert_trees_all_equal(state.params, finished[1].params)
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["test_map"] == finished[2]["test_map"]
+
+
+def test_a_finished_run_that_lost_its_best_state_says_what_to_do(data_dir, finished, tmp_path):
+    workdir = _unfinished_copy(finished, tmp_path)
+    shutil.rmtree(workdir / "checkpoints" / "best")
+    with pytest.raises(FileNotFoundError, match=r"best-val state \(epoch \d\) is missing.*new"):
+        train.train_and_evaluate(_config(data_dir), str(workdir))
+
+
+def test_the_config_inside_the_checkpoint_guards_a_lost_config_file(data_dir, finished, tmp_path):
+    workdir = _unfinished_copy(finished, tmp_path)
+    (workdir / "config.json").unlink()
+    other = _config(data_dir, **{"optim.learning_rate": 0.01})
+    with pytest.raises(
+        workdir_lib.ConfigMismatchError,
+        match=rf"checkpoints/latest/{TOTAL_STEPS} holds a run of a different config "
+        r"\(optim\.learning_rate: 0\.001 -> 0\.01\)",
+    ):
+        train.train_and_evaluate(other, str(workdir))
+
+
+def test_an_unreadable_config_file_is_named(data_dir, finished, tmp_path):
+    workdir = _unfinished_copy(finished, tmp_path)
+    (workdir / "config.json").write_text('{"seed": 0, "data": {')
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
+        train.train_and_evaluate(_config(data_dir), str(workdir))
+
+
+def test_a_live_lease_refuses_a_second_run_and_a_stale_one_is_taken_over(tmp_path):
+    other_process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lease = {"host": socket.gethostname(), "pid": other_process.pid, "token": "x",
+                 "started": time.time() - 5, "renewed": time.time()}  # fmt: skip
+        (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(lease))
+        with pytest.raises(workdir_lock.WorkdirLockedError, match=rf"pid {other_process.pid} on"):
+            workdir_lock.WorkdirLock(str(tmp_path)).acquire(settle_s=0)
+    finally:
+        other_process.kill()
+        other_process.wait()
+    # The owner is gone (a killed run on this host): taken over at once.
+    with workdir_lock.WorkdirLock(str(tmp_path), renew_s=0.05) as lock:
+        time.sleep(0.2)
+        held = json.loads((tmp_path / workdir_lock.LOCK_FILE).read_text())
+        assert (held["pid"], held["token"]) == (os.getpid(), lock.token)
+        assert held["renewed"] > held["started"]  # Renewed by the heartbeat.
+    assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
+    # Another host's lease that was not renewed for longer than the lease: stale.
+    lease.update(host="elsewhere", renewed=time.time() - 600)
+    (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(lease))
+    workdir_lock.WorkdirLock(str(tmp_path), lease_s=120).acquire(settle_s=0).release()
+
+
+def test_a_second_run_on_a_live_workdir_refuses_naming_the_owner(data_dir, tmp_path):
+    lease = {"host": "trainer-7", "pid": 4242, "token": "x", "started": time.time(),
+             "renewed": time.time()}  # fmt: skip
+    (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(lease))
+    with pytest.raises(workdir_lock.WorkdirLockedError, match="pid 4242 on trainer-7"):
+        train.train_and_evaluate(_config(data_dir), str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def _signal_after(monkeypatch, signum, *, epoch: int):
+    """Sends `signum` to this process right after epoch `epoch`'s evaluation."""
+    end_of_epoch = train._end_of_epoch
+
+    def end_then_signal(run, state, step, record):
+        stop = end_of_epoch(run, state, step, record)
+        if step // run.steps_per_epoch == epoch:
+            os.kill(os.getpid(), signum)
+        return stop
+
+    monkeypatch.setattr(train, "_end_of_epoch", end_then_signal)
+
+
+def test_a_signal_after_the_last_epoch_is_honoured_and_the_rerun_tests(
+    data_dir, finished, tmp_path, monkeypatch
+):
+    _signal_after(monkeypatch, signal.SIGTERM, epoch=2)
+    with pytest.raises(train.RunInterruptedError, match=rf"SIGTERM: stopped at step {TOTAL_STEPS}"):
+        train.train_and_evaluate(_config(data_dir), str(tmp_path))
+    assert not (tmp_path / "results.json").exists()  # The test did not run ...
+    monkeypatch.undo()
+    train.train_and_evaluate(_config(data_dir), str(tmp_path))  # ... until the rerun.
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["test_map"] == finished[2]["test_map"]
+
+
+def test_ctrl_c_saves_at_the_next_step_instead_of_losing_the_epoch(data_dir, tmp_path, monkeypatch):
+    _signal_after(monkeypatch, signal.SIGINT, epoch=1)
+    with pytest.raises(train.RunInterruptedError, match="SIGINT: stopped at step 15 of 30"):
+        train.train_and_evaluate(_config(data_dir), str(tmp_path))
+    checkpointer = checkpointing.Checkpointer(f"{tmp_path}/checkpoints")
+    assert checkpointer.latest_step() == 15
+    checkpointer.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Handlers restored.
+
+
+def _metrics(loss, grad_norm=1.0):
+    values = {"loss": np.float32(loss), "grad_norm": np.float32(grad_norm),
+              "param_norm": np.float32(1.0)}  # fmt: skip
+    return types.SimpleNamespace(compute=lambda: values)
+
+
+def _run_stub(latest_step):
+    return types.SimpleNamespace(
+        checkpointer=types.SimpleNamespace(latest_step=lambda: latest_step),
+        workdir="/runs/w", lr_fn=lambda step: 1e6,
+        config=types.SimpleNamespace(optim=types.SimpleNamespace(learning_rate=1e6)),
+    )  # fmt: skip
+
+
+class _Writer:
+    def write_scalars(self, step, scalars):
+        del step, scalars
+
+
+def test_a_loss_growing_by_orders_of_magnitude_is_warned_about(caplog):
+    first_loss = []
+    train._log_train_metrics(_Writer(), 5, _metrics(0.7), _run_stub(None), first_loss)
+    assert "grew" not in caplog.text
+    train._log_train_metrics(_Writer(), 10, _metrics(3.6e12, 7e17), _run_stub(None), first_loss)
+    assert "the loss grew from 0.7 to 3.6e+12" in caplog.text
+    assert "optim.learning_rate=1e+06" in caplog.text
+
+
+def test_the_non_finite_message_says_whether_anything_was_saved():
+    with pytest.raises(train.NonFiniteLossError, match="no checkpoint was saved in /runs/w"):
+        train._log_train_metrics(_Writer(), 5, _metrics(np.nan), _run_stub(None), [])
+    with pytest.raises(train.NonFiniteLossError, match=r"newest checkpoint \(step 40\)"):
+        train._log_train_metrics(_Writer(), 45, _metrics(np.inf), _run_stub(40), [])
