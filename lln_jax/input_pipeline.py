@@ -19,6 +19,7 @@ official label files are), and only looked up here; they never change between ep
 
 import functools
 import math
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -224,3 +225,35 @@ def to_global(batch: Batch, sharding: jax.sharding.Sharding) -> dict[str, jax.Ar
     return {
         key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()
     }
+
+
+class TimedBatches:
+    """The batch iterator, timing how long the loop waits for each batch.
+
+    The train step is dispatched asynchronously, so the loop only waits here when input is
+    slower than the accelerator: a large wait fraction means the run is input-bound.
+    """
+
+    def __init__(self, batches):
+        self._batches = iter(batches)
+        self._waited, self._count, self._since = 0.0, 0, time.perf_counter()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        batch = next(self._batches)
+        self._waited += time.perf_counter() - start
+        self._count += 1
+        return batch
+
+    def take_scalars(self) -> dict[str, float]:
+        """The mean wait per step and the waited fraction of the time since the last call."""
+        elapsed = max(time.perf_counter() - self._since, 1e-9)
+        scalars = {
+            "train/input_wait_ms": 1000.0 * self._waited / max(self._count, 1),
+            "train/input_wait_fraction": self._waited / elapsed,
+        }
+        self._waited, self._count, self._since = 0.0, 0, time.perf_counter()
+        return scalars

@@ -70,7 +70,7 @@ def _run(argv) -> None:
 
     if os.environ.get("LLN_MULTIHOST") == "1":
         jax.distributed.initialize()
-    from lln_jax import train, workdir, workdir_lock
+    from lln_jax import stop_request, train, train_monitor, workdir, workdir_lock
 
     logging.info(
         "process %d of %d, %d local devices of %d (%s)",
@@ -81,10 +81,10 @@ def _run(argv) -> None:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (workdir.ConfigMismatchError, workdir_lock.WorkdirLockedError) as error:
         _refuse(str(error))
-    except train.NonFiniteLossError as error:
+    except train_monitor.NonFiniteLossError as error:
         sys.stderr.write(f"lln_jax.main: {error}\n")
         sys.exit(EXIT_FAILED)
-    except train.RunInterruptedError as error:
+    except stop_request.RunInterruptedError as error:
         command = shlex.join([sys.executable, "-m", "lln_jax.main", *sys.argv[1:]])
         sys.stderr.write(f"lln_jax.main: {error}.\nResume with: {command}\n")
         sys.exit(EXIT_INTERRUPTED)

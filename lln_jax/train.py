@@ -7,8 +7,6 @@ Only this module and `main.py` see the whole config; every builder gets its own 
 import functools
 import hashlib
 import math
-import signal
-import threading
 import time
 from typing import Any
 
@@ -29,57 +27,13 @@ from lln_jax import (
     schemes,
     sharding,
     steps,
+    train_monitor,
     workdir_lock,
 )
+from lln_jax import stop_request as stop_request_lib
 from lln_jax import workdir as workdir_lib
 from lln_jax.models import pretrained, resnet
 from lln_jax.train_state import TrainState, create_train_state
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; nothing after the last good save is kept."""
-
-
-class RunInterruptedError(Exception):
-    """A signal stopped the run after a checkpoint at a step boundary; rerun to resume."""
-
-    def __init__(self, signal_name: str, step: int, total_steps: int, workdir: str):
-        super().__init__(
-            f"{signal_name}: stopped at step {step} of {total_steps}; the checkpoint of step "
-            f"{step} is in {workdir}/checkpoints/latest"
-        )
-        self.step = step
-
-
-class _StopRequest:
-    """Turns SIGTERM and SIGINT into a request to checkpoint and stop at the next step boundary.
-
-    A second SIGINT (Ctrl-C twice) stops at once, as Python does by default.
-    """
-
-    def __init__(self):
-        self.signal_name: str | None = None
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._request)
-            signal.signal(signal.SIGINT, self._request)
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_name is not None
-
-    def _request(self, signum, frame):
-        del frame
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        logging.warning(
-            "%s: saving a checkpoint at the next step, then stopping.", self.signal_name
-        )
-
-    def restore_defaults(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def create_splits(data_config: ml_collections.ConfigDict) -> dict[str, input_pipeline.Split]:
@@ -134,44 +88,6 @@ def _predict(
         update = metrics.MeanAveragePrecision.from_model_output(**metrics.gather_to_host(outputs))
         collected = collected.merge(update)
     return collected
-
-
-# A logged loss this many times the first one logged is warned about (a learning rate far
-# too high grows it by orders of magnitude long before it overflows).
-LOSS_GROWTH_WARNING = 100.0
-
-
-def _log_train_metrics(writer, step: int, train_metrics, run: "_Run", first_loss: list) -> None:
-    """Writes the merged train metrics; a non-finite loss or norm stops the run.
-
-    Called before every save, so no checkpoint ever holds a diverged state. `first_loss`
-    holds the first loss logged this session, the reference for the growth warning.
-    """
-    values = jax.device_get(train_metrics.compute())
-    bad = [name for name in ("loss", "grad_norm", "param_norm") if not np.isfinite(values[name])]
-    if bad:
-        saved = run.checkpointer.latest_step()
-        where = (
-            f"the newest checkpoint (step {saved}) in {run.workdir} is the last good state"
-            if saved is not None
-            else f"no checkpoint was saved in {run.workdir}"
-        )
-        raise NonFiniteLossError(
-            f"non-finite {', '.join(bad)} by step {step} ({ {k: float(values[k]) for k in bad} }); "
-            f"stopped without saving: {where}"
-        )
-    loss = float(values["loss"])
-    if not first_loss:
-        first_loss.append(loss)
-    if loss > LOSS_GROWTH_WARNING * max(first_loss[0], 1e-12):
-        logging.warning(
-            "step %d: the loss grew from %.3g to %.3g (gradient norm %.3g): the learning rate "
-            "(optim.learning_rate=%g) may be far too high",
-            step, first_loss[0], loss, float(values["grad_norm"]), run.config.optim.learning_rate,
-        )  # fmt: skip
-    scalars = {f"train/{name}": float(value) for name, value in values.items()}
-    scalars["train/learning_rate"] = run.lr_fn(step)
-    writer.write_scalars(step, scalars)
 
 
 def _labels_digest(labels_obs: np.ndarray) -> str:
@@ -355,7 +271,8 @@ def _train(run: _Run, state: TrainState, record: dict, writer, stop_request) -> 
     config, step = run.config, int(jax.device_get(state.step))
     report = periodic_actions.ReportProgress(num_train_steps=run.total_steps, writer=writer)
     train_metrics, first_loss = None, []
-    for batch in run.train_batches(start=step):
+    batches = input_pipeline.TimedBatches(run.train_batches(start=step))
+    for batch in batches:
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             state, update = run.jit_train_step(
                 state, input_pipeline.to_global(batch, run.data_sharding)
@@ -366,7 +283,8 @@ def _train(run: _Run, state: TrainState, record: dict, writer, stop_request) -> 
         epoch_ends = step % run.steps_per_epoch == 0
         save = epoch_ends or step % config.checkpoint.every_steps == 0 or stop_request.requested
         if step % config.log_every_steps == 0 or save:
-            _log_train_metrics(writer, step, train_metrics, run, first_loss)
+            train_monitor.log_train_metrics(writer, step, train_metrics, run, first_loss)
+            writer.write_scalars(step, batches.take_scalars())
             train_metrics = None
         stop = epoch_ends and _end_of_epoch(run, state, step, record)
         if epoch_ends:
@@ -533,7 +451,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=True
     )
-    stop_request, start = _StopRequest(), time.time()
+    stop_request, start = stop_request_lib.StopRequest(), time.time()
     try:
         if not resumed:
             writer.write_hparams(workdir_lib.flat(config))
@@ -544,7 +462,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
         run.checkpointer.wait_until_finished()
         if stop_request.requested:  # Even after the last step: the test runs on the rerun.
             step = int(jax.device_get(state.step))
-            raise RunInterruptedError(stop_request.signal_name, step, run.total_steps, workdir)
+            raise stop_request_lib.RunInterruptedError(
+                stop_request.signal_name, step, run.total_steps, workdir
+            )
         _finish(run, state, record, writer, time.time() - start)
     finally:  # Even on an error, the saves already started complete.
         stop_request.restore_defaults()

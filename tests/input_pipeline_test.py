@@ -169,3 +169,19 @@ def test_worker_processes_give_the_same_batches(tmp_path):
     for a, b in zip(in_process, with_workers, strict=True):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_the_wait_for_input_is_timed_per_step():
+    import time
+
+    def slow_batches():
+        for index in range(4):
+            time.sleep(0.05)  # Input slower than the "step" below: the loop waits for it.
+            yield index
+
+    timed = input_pipeline.TimedBatches(slow_batches())
+    assert list(timed) == [0, 1, 2, 3]
+    scalars = timed.take_scalars()
+    assert 45.0 <= scalars["train/input_wait_ms"] <= 150.0
+    assert 0.8 <= scalars["train/input_wait_fraction"] <= 1.0
+    assert timed.take_scalars()["train/input_wait_ms"] == 0.0  # Reset after each take.

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lln_jax import checkpointing, datasets, models, sharding, train
+from lln_jax import checkpointing, datasets, models, sharding, train, train_monitor
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -186,7 +186,7 @@ def test_a_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(
     monkeypatch.setitem(models.MODELS, "diverging", diverging)
     config = _config(data_dir, **{"model.name": "diverging", "checkpoint.every_steps": 3})
     with pytest.raises(
-        train.NonFiniteLossError, match="non-finite loss, grad_norm, param_norm by step 9"
+        train_monitor.NonFiniteLossError, match="non-finite loss, grad_norm, param_norm by step 9"
     ):
         train.train_and_evaluate(config, str(tmp_path))
     checkpointer = checkpointing.Checkpointer(f"{tmp_path}/checkpoints")

@@ -16,7 +16,7 @@ import chex
 import numpy as np
 import pytest
 
-from lln_jax import checkpointing, datasets, train, workdir_lock
+from lln_jax import checkpointing, datasets, stop_request, train, train_monitor, workdir_lock
 from lln_jax import workdir as workdir_lib
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -165,7 +165,9 @@ def test_a_signal_after_the_last_epoch_is_honoured_and_the_rerun_tests(
     data_dir, finished, tmp_path, monkeypatch
 ):
     _signal_after(monkeypatch, signal.SIGTERM, epoch=2)
-    with pytest.raises(train.RunInterruptedError, match=rf"SIGTERM: stopped at step {TOTAL_STEPS}"):
+    with pytest.raises(
+        stop_request.RunInterruptedError, match=rf"SIGTERM: stopped at step {TOTAL_STEPS}"
+    ):
         train.train_and_evaluate(_config(data_dir), str(tmp_path))
     assert not (tmp_path / "results.json").exists()  # The test did not run ...
     monkeypatch.undo()
@@ -176,7 +178,7 @@ def test_a_signal_after_the_last_epoch_is_honoured_and_the_rerun_tests(
 
 def test_ctrl_c_saves_at_the_next_step_instead_of_losing_the_epoch(data_dir, tmp_path, monkeypatch):
     _signal_after(monkeypatch, signal.SIGINT, epoch=1)
-    with pytest.raises(train.RunInterruptedError, match="SIGINT: stopped at step 15 of 30"):
+    with pytest.raises(stop_request.RunInterruptedError, match="SIGINT: stopped at step 15 of 30"):
         train.train_and_evaluate(_config(data_dir), str(tmp_path))
     checkpointer = checkpointing.Checkpointer(f"{tmp_path}/checkpoints")
     assert checkpointer.latest_step() == 15
@@ -205,15 +207,19 @@ class _Writer:
 
 def test_a_loss_growing_by_orders_of_magnitude_is_warned_about(caplog):
     first_loss = []
-    train._log_train_metrics(_Writer(), 5, _metrics(0.7), _run_stub(None), first_loss)
+    train_monitor.log_train_metrics(_Writer(), 5, _metrics(0.7), _run_stub(None), first_loss)
     assert "grew" not in caplog.text
-    train._log_train_metrics(_Writer(), 10, _metrics(3.6e12, 7e17), _run_stub(None), first_loss)
+    train_monitor.log_train_metrics(
+        _Writer(), 10, _metrics(3.6e12, 7e17), _run_stub(None), first_loss
+    )
     assert "the loss grew from 0.7 to 3.6e+12" in caplog.text
     assert "optim.learning_rate=1e+06" in caplog.text
 
 
 def test_the_non_finite_message_says_whether_anything_was_saved():
-    with pytest.raises(train.NonFiniteLossError, match="no checkpoint was saved in /runs/w"):
-        train._log_train_metrics(_Writer(), 5, _metrics(np.nan), _run_stub(None), [])
-    with pytest.raises(train.NonFiniteLossError, match=r"newest checkpoint \(step 40\)"):
-        train._log_train_metrics(_Writer(), 45, _metrics(np.inf), _run_stub(40), [])
+    with pytest.raises(
+        train_monitor.NonFiniteLossError, match="no checkpoint was saved in /runs/w"
+    ):
+        train_monitor.log_train_metrics(_Writer(), 5, _metrics(np.nan), _run_stub(None), [])
+    with pytest.raises(train_monitor.NonFiniteLossError, match=r"newest checkpoint \(step 40\)"):
+        train_monitor.log_train_metrics(_Writer(), 45, _metrics(np.inf), _run_stub(40), [])
