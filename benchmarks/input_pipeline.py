@@ -119,12 +119,12 @@ def main() -> None:
         datasets.prepare(
             "formatted", str(root / "data"), manual_dir=str(root / "manual"), check_counts=False
         )
-        train_source, test_source = datasets.open_splits("formatted", str(root / "data"))
+        train, test = datasets.open_splits("formatted", str(root / "data"))
         splits = input_pipeline.create_splits(
-            train_source, test_source, label_setting="single_positive",
+            train, test, label_setting="single_positive",
             observed_seed=1200, split_seed=1200, val_frac=0.0,
         )  # fmt: skip
-        encoded = [train_source[i]["image"] for i in range(min(args.images, 128))]
+        encoded = [train.source[i]["image"] for i in range(min(args.images, 128))]
         report = {
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "image": "640x480 JPEG (quality 90) of real photos",

@@ -33,15 +33,23 @@ from lln_jax import observed_labels, preprocessing
 Batch = dict[str, np.ndarray]
 
 LABEL_SETTINGS: dict[str, Callable[..., np.ndarray]] = {
-    "single_positive": lambda labels_true, source, seed: observed_labels.single_positive(
-        labels_true, seed
-    ),
-    "full": lambda labels_true, source, seed: observed_labels.fully_observed(labels_true),
+    "single_positive": lambda labels, seed: observed_labels.single_positive(labels["labels"], seed),
+    "full": lambda labels, seed: observed_labels.fully_observed(labels["labels"]),
     # The observed labels stored with the data (the official `_labels_obs.npy` files).
-    "stored": lambda labels_true, source, seed: _validate_observed(
-        read_labels(source, "labels_obs"), labels_true
-    ),
+    "stored": lambda labels, seed: _stored_observed(labels),
 }
+
+
+class LabeledSource(NamedTuple):
+    """Records and their label matrices (read once, without the images).
+
+    Attributes:
+      source: records with `image` (encoded bytes), indexable by row.
+      labels: `labels` `[N, C]` {0, 1}, and `labels_obs` `[N, C]` where the data stores them.
+    """
+
+    source: Any
+    labels: dict[str, np.ndarray]
 
 
 class Split(NamedTuple):
@@ -66,22 +74,18 @@ class Split(NamedTuple):
         return len(self.rows)
 
 
-def read_labels(source: Any, key: str = "labels") -> np.ndarray:
-    """`[len(source), C]` int8 label vectors (`key` of every record), read record by record."""
-    if len(source) and key not in source[0]:
-        raise KeyError(f"the data set stores no {key!r}; choose another label_setting")
-    return np.stack([np.asarray(source[row][key]) for row in range(len(source))]).astype(np.int8)
-
-
-def _validate_observed(labels_obs: np.ndarray, labels_true: np.ndarray) -> np.ndarray:
+def _stored_observed(labels: dict[str, np.ndarray]) -> np.ndarray:
+    if "labels_obs" not in labels:
+        raise KeyError("the data set stores no 'labels_obs'; choose another label_setting")
+    labels_obs, labels_true = labels["labels_obs"].astype(np.int8), labels["labels"]
     if labels_obs.shape != labels_true.shape or not np.isin(labels_obs, (-1, 0, 1)).all():
         raise ValueError(f"stored labels_obs must be {labels_true.shape} in {{-1, 0, 1}}")
     return labels_obs
 
 
 def create_splits(
-    train_source: Any,
-    test_source: Any,
+    train: LabeledSource,
+    test: LabeledSource,
     *,
     label_setting: str,
     observed_seed: int,
@@ -91,16 +95,18 @@ def create_splits(
     """Train, val and test splits per SPEC.md section 4.
 
     The official train split is labelled by `label_setting` in file order, then cut into
-    train and val; val and test are evaluated against their true labels.
+    train and val; val and test are evaluated against their true labels. `train` and `test`
+    are `LabeledSource`s (`datasets.open_splits` gives them): no record is read here.
     """
     if label_setting not in LABEL_SETTINGS:
         raise ValueError(
             f"Unknown label_setting {label_setting!r}; valid: {sorted(LABEL_SETTINGS)}"
         )
-    labels_all = observed_labels.validate_labels_true(read_labels(train_source))
-    labels_obs_all = LABEL_SETTINGS[label_setting](labels_all, train_source, observed_seed)
+    train_source, test_source = train.source, test.source
+    labels_all = observed_labels.validate_labels_true(train.labels["labels"].astype(np.int8))
+    labels_obs_all = LABEL_SETTINGS[label_setting](train.labels, observed_seed)
     train_rows, val_rows = observed_labels.train_val_split(len(labels_all), val_frac, split_seed)
-    test_labels = observed_labels.validate_labels_true(read_labels(test_source))
+    test_labels = observed_labels.validate_labels_true(test.labels["labels"].astype(np.int8))
     return {
         "train": Split(
             train_source, train_rows, labels_all[train_rows], labels_obs_all[train_rows], "train"

@@ -38,14 +38,14 @@ from lln_jax.train_state import TrainState, create_train_state
 
 def create_splits(data_config: ml_collections.ConfigDict) -> dict[str, input_pipeline.Split]:
     """Opens the data set (preparing it where possible); train/val/test splits."""
-    train_source, test_source = datasets.open_splits(
+    train, test = datasets.open_splits(
         data_config.name,
         data_config.data_dir,
         allow_unchecked_counts=data_config.allow_unchecked_counts,
     )
     return input_pipeline.create_splits(
-        train_source,
-        test_source,
+        train,
+        test,
         label_setting=data_config.label_setting,
         observed_seed=data_config.observed_seed,
         split_seed=data_config.split_seed,

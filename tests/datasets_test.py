@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from lln_jax import datasets, input_pipeline, observed_labels, train
-from lln_jax.datasets import voc
+from lln_jax.datasets import prepared, voc
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -22,11 +22,15 @@ def _jpeg(path: pathlib.Path, seed: int) -> None:
 
 
 def _labels_of(name, data_dir, split="train"):
-    train_source, test_source = datasets.open_splits(
-        name, str(data_dir), allow_unchecked_counts=True
+    """A split's labels read from its records, checked against its label file."""
+    train, test = datasets.open_splits(name, str(data_dir), allow_unchecked_counts=True)
+    opened = train if split == "train" else test
+    from_records = prepared.labels_from_records(opened.source)
+    np.testing.assert_array_equal(opened.labels["labels"], from_records)
+    np.testing.assert_array_equal(
+        opened.labels["example_id"], prepared.labels_from_records(opened.source, "example_id")
     )
-    source = train_source if split == "train" else test_source
-    return input_pipeline.read_labels(source), source
+    return from_records, opened.source
 
 
 def _prepare(name, tmp_path, manual):
@@ -239,7 +243,10 @@ def test_a_subset_prepared_without_the_count_check_never_passes_for_the_full_set
     (pathlib.Path(builder.data_dir) / datasets.PREPARATION_RECORD).unlink()
     with pytest.raises(ValueError, match=r"without a record of a count check: .*'train': 4"):
         datasets.open_splits("cub", data_dir)
-    assert len(datasets.open_splits("cub", data_dir, allow_unchecked_counts=True)[0]) == 4
+    datasets.prepare("cub", data_dir, manual_dir=str(manual), check_counts=False)  # Upgrade.
+    with pytest.raises(ValueError, match=r"prepared with --nocheck_counts"):  # Recorded now.
+        datasets.open_splits("cub", data_dir)
+    assert len(datasets.open_splits("cub", data_dir, allow_unchecked_counts=True)[0].source) == 4
 
 
 # ----------------------------------------------------------------------------- formatted
@@ -269,7 +276,7 @@ def test_formatted_files_and_stored_observed_labels(tmp_path):
     _prepare("nuswide", tmp_path, manual)
     labels, source = _labels_of("nuswide", tmp_path / "data")
     np.testing.assert_array_equal(labels, train_labels)
-    np.testing.assert_array_equal(input_pipeline.read_labels(source, "labels_obs"), observed)
+    np.testing.assert_array_equal(prepared.labels_from_records(source, "labels_obs"), observed)
     splits = input_pipeline.create_splits(
         *datasets.open_splits("nuswide", str(tmp_path / "data"), allow_unchecked_counts=True),
         label_setting="stored", observed_seed=0, split_seed=1200, val_frac=0.2,
@@ -326,3 +333,71 @@ def test_one_short_epoch_on_each_tiny_prepared_set(tmp_path, config_name):
     train.train_and_evaluate(config, str(tmp_path / "work"))
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     assert len(results["val_map"]) == 1 and 0.0 <= results["test_map"] <= 100.0
+
+
+# ----------------------------------------------------------------------------- label files
+
+
+def test_start_up_reads_the_label_files_and_no_record(tmp_path, monkeypatch):
+    manual, _, _ = _write_cub(tmp_path / "manual")
+    _prepare("cub", tmp_path, manual)
+    reads = []
+    source_class = type(datasets.builder("cub", str(tmp_path / "data")).as_data_source("train"))
+    for method in ("__getitem__", "__getitems__"):
+        original = getattr(source_class, method)
+        monkeypatch.setattr(
+            source_class, method, lambda self, key, _f=original: reads.append(key) or _f(self, key)
+        )
+    config = _config("cub", str(tmp_path / "data"))
+    splits = train.create_splits(config.data)
+    assert reads == []  # Neither an image nor a label was read from the records.
+    assert splits["train"].num_examples + splits["val"].num_examples == 4
+
+
+def _label_file(data_dir, name="cub", split="train"):
+    builder = datasets.builder(name, str(data_dir))
+    return pathlib.Path(builder.data_dir) / f"labels-{split}.npz", builder
+
+
+def test_a_stale_or_mismatching_label_file_is_refused(tmp_path):
+    manual, _, _ = _write_cub(tmp_path / "manual")
+    _prepare("cub", tmp_path, manual)
+    data_dir = tmp_path / "data"
+    path, builder = _label_file(data_dir)
+    original = path.read_bytes()
+    with np.load(path) as loaded:
+        edited = {key: loaded[key] for key in loaded.files}
+    edited["labels"][0, 0] ^= 1
+    np.savez(path, **edited)
+    rewrite = rf"python -m lln_jax\.prepare cub --data_dir={data_dir}"
+    with pytest.raises(
+        prepared.LabelFileError, match=rf"(?s)labels-train\.npz .*checksum.*{rewrite}"
+    ):
+        datasets.open_splits("cub", str(data_dir), allow_unchecked_counts=True)
+    path.write_bytes(original)
+    record_path = pathlib.Path(builder.data_dir) / prepared.RECORD
+    record = json.loads(record_path.read_text())
+    record["label_files"]["train"]["count"] = 5  # As if the records had changed.
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(prepared.LabelFileError, match=r"holds 4 rows, its record says 5"):
+        datasets.open_splits("cub", str(data_dir), allow_unchecked_counts=True)
+
+
+def test_data_prepared_before_label_files_is_refused_then_upgraded_by_prepare(tmp_path):
+    manual, train_expected, _ = _write_cub(tmp_path / "manual")
+    _prepare("cub", tmp_path, manual)
+    data_dir = tmp_path / "data"
+    path, builder = _label_file(data_dir)
+    record_path = pathlib.Path(builder.data_dir) / prepared.RECORD
+    record = json.loads(record_path.read_text())
+    del record["label_files"]
+    record_path.write_text(json.dumps(record))
+    path.unlink()
+    with pytest.raises(prepared.LabelFileError, match=r"older version.*lln_jax\.prepare cub"):
+        datasets.open_splits("cub", str(data_dir), allow_unchecked_counts=True)
+    datasets.prepare("cub", str(data_dir), manual_dir=str(manual), check_counts=False)
+    assert path.exists()
+    upgraded = json.loads(record_path.read_text())
+    assert upgraded["counts_checked"] is False  # The upgrade keeps what the record said.
+    train_split, _ = datasets.open_splits("cub", str(data_dir), allow_unchecked_counts=True)
+    np.testing.assert_array_equal(train_split.labels["labels"], train_expected)

@@ -9,6 +9,7 @@ from conftest import NUM_DEVICES
 from PIL import Image
 
 from lln_jax import datasets, input_pipeline, observed_labels, sharding
+from lln_jax.datasets import prepared
 
 NUM, CLASSES, SIZE = 10, 4, 8
 
@@ -29,7 +30,7 @@ def _source(num=NUM):
 
 def _split(num=NUM):
     source = _source(num)
-    labels = input_pipeline.read_labels(source)
+    labels = np.stack([record["labels"] for record in source])
     rows = np.arange(num)
     return input_pipeline.Split(source, rows, labels, observed_labels.single_positive(labels), "t")
 
@@ -128,14 +129,14 @@ def test_to_global_shards_the_batch_over_the_devices():
 
 def test_the_tfds_glue_on_the_embedded_data_set(tmp_path):
     train, test = datasets.open_splits("digit_mosaics_small", str(tmp_path))
-    assert [int(train[i]["example_id"]) for i in range(5)] == list(range(5))  # Row order kept.
+    assert [int(train.source[i]["example_id"]) for i in range(5)] == list(range(5))  # In order.
     splits = input_pipeline.create_splits(
         train, test,
         label_setting="single_positive", observed_seed=1200, split_seed=1200, val_frac=0.2,
     )  # fmt: skip
     sizes = {name: split.num_examples for name, split in splits.items()}
     assert sizes == {"train": 240, "val": 60, "test": 200}
-    labels_all = input_pipeline.read_labels(train)
+    labels_all = prepared.labels_from_records(train.source)
     train_rows, val_rows = observed_labels.train_val_split(300)
     np.testing.assert_array_equal(splits["train"].rows, train_rows)
     np.testing.assert_array_equal(splits["val"].rows, val_rows)
@@ -150,8 +151,9 @@ def test_unknown_data_set_and_label_setting_list_the_valid_ones():
     with pytest.raises(ValueError, match=r"'imagenet'.*digit_mosaics"):
         datasets.get("imagenet")
     with pytest.raises(ValueError, match=r"'partial'.*\['full', 'single_positive', 'stored'\]"):
+        unlabeled = input_pipeline.LabeledSource(_source(), {"labels": np.zeros((NUM, CLASSES))})
         input_pipeline.create_splits(
-            _source(), _source(), label_setting="partial",
+            unlabeled, unlabeled, label_setting="partial",
             observed_seed=0, split_seed=0, val_frac=0.2,
         )  # fmt: skip
 

@@ -1,11 +1,12 @@
 """Data set registry: our name -> how TFDS finds (and, where possible, prepares) it.
 
-Beside TFDS's files, a preparation writes `preparation.json` into the builder's directory:
-whether the image counts were checked against the spec, and from which manual dir. A subset
-prepared with `check_counts=False` can then never pass for the full data set.
+Beside TFDS's files, a preparation writes `preparation.json` and the label files into the
+builder's directory (`prepared.py`): whether the image counts were checked against the
+spec, from which manual dir, and every split's label matrices with their checksums. A subset
+prepared with `check_counts=False` can then never pass for the full data set, and a run
+starts from the label files without reading an image.
 """
 
-import json
 import pathlib
 from typing import Any, NamedTuple
 
@@ -13,7 +14,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from lln_jax.datasets import coco, cub, digit_mosaics, formatted, voc
+from lln_jax import input_pipeline
+from lln_jax.datasets import coco, cub, digit_mosaics, formatted, prepared, voc
 from lln_jax.datasets.manual import ManualBuilder
 
 
@@ -62,30 +64,53 @@ def builder(name: str, data_dir: str | None, *, check_counts: bool = True):
     )
 
 
-PREPARATION_RECORD = "preparation.json"
+PREPARATION_RECORD = prepared.RECORD
 
 
 def _expected_counts(data_builder) -> dict[str, int]:
     return getattr(data_builder, "EXPECTED_COUNTS", {})
 
 
-def _read_preparation(data_builder) -> dict[str, Any] | None:
-    path = epath.Path(data_builder.data_dir) / PREPARATION_RECORD
-    if not path.exists():
-        return None  # Prepared before the record existed (or its writer was killed).
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"{path} is not valid JSON ({error}); delete it and prepare again"
-        ) from error
+def _split_counts(data_builder) -> dict[str, int]:
+    return {split: info.num_examples for split, info in data_builder.info.splits.items()}
+
+
+def _sources(data_builder) -> dict[str, Any]:
+    decoders = {"image": tfds.decode.SkipDecoding()}
+    return {
+        split: data_builder.as_data_source(split=split, decoders=decoders)
+        for split in data_builder.info.splits
+    }
 
 
 def _write_preparation(data_builder, *, counts_checked: bool, manual_dir: str | None) -> None:
-    counts = {split: info.num_examples for split, info in data_builder.info.splits.items()}
-    record = {"counts_checked": counts_checked, "manual_dir": manual_dir, "counts": counts}
-    path = epath.Path(data_builder.data_dir) / PREPARATION_RECORD
-    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    """The preparation record and the label files (one read of every record)."""
+    label_files = prepared.write_label_files(data_builder, _sources(data_builder))
+    prepared.write_record(
+        data_builder,
+        {
+            "counts_checked": counts_checked,
+            "manual_dir": manual_dir,
+            "counts": _split_counts(data_builder),
+            "label_files": label_files,
+        },
+    )
+
+
+def _upgrade(name: str, data_builder) -> None:
+    """Writes the label files of data prepared before they existed, keeping its record."""
+    logging.info("%s: writing the label files once (reads every record)", name)
+    record = prepared.read_record(data_builder)
+    counts_checked = (
+        record["counts_checked"]
+        if record is not None
+        else all(
+            _split_counts(data_builder).get(s) == n
+            for s, n in _expected_counts(data_builder).items()
+        )
+    )
+    manual_dir = None if record is None else record.get("manual_dir")
+    _write_preparation(data_builder, counts_checked=counts_checked, manual_dir=manual_dir)
 
 
 def _remove_stale_incomplete(data_builder) -> None:
@@ -105,10 +130,10 @@ def check_counts_verified(name: str, data_builder) -> None:
         `check_counts=False` (a subset), or if it carries no record and its counts differ.
     """
     expected = _expected_counts(data_builder)
-    record = _read_preparation(data_builder)
+    record = prepared.read_record(data_builder)
     if not expected or (record is not None and record["counts_checked"]):
         return
-    counts = {split: info.num_examples for split, info in data_builder.info.splits.items()}
+    counts = _split_counts(data_builder)
     if record is None and all(counts.get(s) == n for s, n in expected.items()):
         return
     how = (
@@ -130,10 +155,12 @@ def prepare(
     *,
     manual_dir: str | None = None,
     check_counts: bool = True,
+    upgrade: bool = True,
 ) -> tfds.core.DatasetBuilder:
     """Prepares `name` once (from a package, or from the files in `manual_dir`).
 
-    With `check_counts`, data prepared earlier must have had its counts checked too.
+    With `check_counts`, data prepared earlier must have had its counts checked too. Data
+    prepared before label files existed gets them (one read of every record) with `upgrade`.
 
     Raises:
       FileNotFoundError: a data set that needs downloaded files is not prepared and no
@@ -146,6 +173,8 @@ def prepare(
     if data_builder.is_prepared():
         if check_counts:
             check_counts_verified(name, data_builder)
+        if upgrade and not prepared.has_label_files(data_builder):
+            _upgrade(name, data_builder)
         return data_builder
     if spec.needs_download and manual_dir is None:
         raise FileNotFoundError(
@@ -165,17 +194,29 @@ def prepare(
     return data_builder
 
 
-def open_splits(name: str, data_dir: str | None, *, allow_unchecked_counts: bool = False) -> tuple:
-    """Prepares (where possible) and opens `(train_source, test_source)` of `name`.
+def open_splits(
+    name: str, data_dir: str | None, *, allow_unchecked_counts: bool = False
+) -> tuple[input_pipeline.LabeledSource, input_pipeline.LabeledSource]:
+    """Prepares (where possible) and opens the `(train, test)` splits of `name`.
 
-    Sources are random-access by row; `image` stays encoded (bytes), so that the input
-    pipeline decodes and resizes it in one step. Data prepared without the count check is
-    refused unless `allow_unchecked_counts`.
+    Each is a `LabeledSource`: records (random access by row; `image` stays encoded, so that
+    the input pipeline decodes and resizes it in one step) and the label matrices, read from
+    the label files, never from an image. Data prepared without the count check is refused
+    unless `allow_unchecked_counts`; data a package builds (the embedded benchmark) gets its
+    label files here if it lacks them, other data by `python -m lln_jax.prepare`.
     """
     spec = get(name)
-    data_builder = prepare(name, data_dir, check_counts=not allow_unchecked_counts)
-    decoders = {"image": tfds.decode.SkipDecoding()}
+    data_builder = prepare(
+        name, data_dir, check_counts=not allow_unchecked_counts, upgrade=not spec.needs_download
+    )
+    sources = _sources(data_builder)
+    command = f"python -m lln_jax.prepare {name} --data_dir={data_builder.data_dir_root}"
     return tuple(
-        data_builder.as_data_source(split=split, decoders=decoders)
+        input_pipeline.LabeledSource(
+            sources[split],
+            prepared.read_labels(
+                data_builder, split, num_records=len(sources[split]), rewrite_command=command
+            ),
+        )
         for split in (spec.train_split, spec.test_split)
     )
