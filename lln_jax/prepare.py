@@ -3,7 +3,9 @@
 Reads the official files in the manual dir (see each data set's instructions in the README
 or in the error message), checks the image counts against SPEC.md, decodes every image
 once, and writes ArrayRecord files under `--data_dir` (a local path or a `gs://` bucket;
-TFDS's default, `~/tensorflow_datasets` or `$TFDS_DATA_DIR`, when unset).
+TFDS's default, `~/tensorflow_datasets` or `$TFDS_DATA_DIR`, when unset), with the label
+files a run starts from. Run on data prepared by an older version, it writes the missing
+label files in place.
 """
 
 from absl import app, flags, logging

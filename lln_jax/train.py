@@ -18,6 +18,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 
 from lln_jax import (
     checkpointing,
+    config_checks,
     datasets,
     input_pipeline,
     linear_init,
@@ -53,12 +54,7 @@ def create_splits(data_config: ml_collections.ConfigDict) -> dict[str, input_pip
     )
 
 
-VAL_LABELS = ("true", "observed")  # Model selection on clean or observed val labels.
-
-
 def _check_batch_sizes(data_config, num_devices: int) -> None:
-    if data_config.val_labels not in VAL_LABELS:
-        raise ValueError(f"data.val_labels={data_config.val_labels!r}; valid: {list(VAL_LABELS)}")
     for key in ("batch_size", "eval_batch_size"):
         if data_config[key] % num_devices:
             raise ValueError(
@@ -396,7 +392,8 @@ def _restore(run: _Run, state: TrainState, record: dict) -> tuple[TrainState, di
         return state, record, False
     state, record = restored
     source = f"{run.workdir}/checkpoints/latest/{int(jax.device_get(state.step))}"
-    workdir_lib.check_same_config(record.get("config", {}), run.config, source)
+    if "config" in record:  # Checkpoints written before the record held it have none.
+        workdir_lib.check_same_config(record["config"], run.config, source)
     if record["best_epoch"] and run.checkpointer.restore_best(abstract) is None:
         logging.error(
             "the best-val state (epoch %d) does not restore; unless a later epoch beats it, "
@@ -424,9 +421,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       when the workdir already holds the finished run (its stored results are reported).
 
     Raises:
-      RunInterruptedError: SIGTERM or SIGINT stopped the run after a checkpoint.
+      config_checks.ConfigError: a config value that cannot run.
+      workdir.ConfigMismatchError: the workdir holds a run of another config.
+      workdir_lock.WorkdirLockedError: another live run holds the workdir.
+      stop_request.RunInterruptedError: SIGTERM or SIGINT stopped the run after a checkpoint.
     """
     workdir = str(workdir)
+    config_checks.check(config)
     stored = workdir_lib.finished_results(config, workdir)
     if stored is not None:
         _report_stored(stored, workdir)

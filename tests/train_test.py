@@ -203,8 +203,9 @@ def test_a_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(
     ("overrides", "error"),
     [
         ({"data.name": "imagenet"}, r"Unknown data set 'imagenet'; valid data sets"),
-        ({"scheme.name": "ll_x"}, r"Unknown loss scheme 'll_x'; valid schemes"),
-        ({"model.name": "vit"}, r"Unknown model 'vit'; valid models"),
+        ({"scheme.name": "ll_x"}, r"scheme\.name='ll_x'; valid: \['an', 'an_ls'"),
+        ({"model.name": "vit"}, r"model\.name='vit'; valid: \["),
+        ({"data.val_labels": "noisy"}, r"data\.val_labels='noisy'; valid: \['observed', 'true'\]"),
         ({"data.batch_size": 12}, r"data.batch_size=12 must divide over 8 devices"),
     ],
 )
