@@ -13,11 +13,12 @@ backbone is loaded, the head stays newly initialised (SPEC.md section 4), and an
 shape that does not match is an error that names it.
 """
 
-import pathlib
+import io
 import re
 
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from flax import traverse_util
 
 from lln_jax import models
@@ -36,11 +37,11 @@ _BN_LEAVES = {
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """A torchvision state dict from a `.pth` (needs torch) or `.safetensors` file."""
-    suffix = pathlib.Path(path).suffix
+    suffix = epath.Path(path).suffix
     if suffix == ".safetensors":
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load as load_safetensors
 
-        return load_file(path)
+        return load_safetensors(epath.Path(path).read_bytes())
     if suffix in (".pth", ".pt"):
         try:
             import torch
@@ -49,7 +50,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
                 f"reading {path} needs torch: pip install 'lln_jax[torch]', or convert the "
                 ".safetensors version instead"
             ) from error
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        payload = io.BytesIO(epath.Path(path).read_bytes())
+        state_dict = torch.load(payload, map_location="cpu", weights_only=True)
         return {key: value.numpy() for key, value in state_dict.items()}
     raise ValueError(f"{path}: expected a .pth, .pt or .safetensors file")
 
@@ -91,12 +93,16 @@ def convert(state_dict: dict[str, np.ndarray]) -> Variables:
 
 
 def save(variables: Variables, path: str) -> None:
+    """Writes `.npz` weights to a local or `gs://` path."""
     flat = traverse_util.flatten_dict(variables, sep="/")
-    np.savez(path, **flat)
+    buffer = io.BytesIO()
+    np.savez(buffer, **flat)
+    epath.Path(path).write_bytes(buffer.getvalue())
 
 
 def load(path: str) -> Variables:
-    with np.load(path) as data:
+    """Reads `.npz` weights from a local or `gs://` path."""
+    with np.load(io.BytesIO(epath.Path(path).read_bytes())) as data:
         return traverse_util.unflatten_dict({key: data[key] for key in data.files}, sep="/")
 
 
@@ -125,19 +131,17 @@ def merge(initial: Variables, loaded: Variables, *, exclude: tuple[str, ...]) ->
     return traverse_util.unflatten_dict(merged, sep="/")
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("source", None, "A torchvision ResNet state dict (.pth or .safetensors).")
-flags.DEFINE_string("target", None, "Where to write the converted weights (.npz).")
-
-
 def main(argv):
     del argv
-    variables = convert(read_state_dict(FLAGS.source))
-    save(variables, FLAGS.target)
+    source, target = flags.FLAGS.source, flags.FLAGS.target
+    variables = convert(read_state_dict(source))
+    save(variables, target)
     count = sum(v.size for v in traverse_util.flatten_dict(variables["params"]).values())
-    logging.info("wrote %s: %d parameters from %s", FLAGS.target, count, FLAGS.source)
+    logging.info("wrote %s: %d parameters from %s", target, count, source)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # The flags exist only for the command, not for importers.
+    flags.DEFINE_string("source", None, "A torchvision ResNet state dict (.pth or .safetensors).")
+    flags.DEFINE_string("target", None, "Where to write the converted weights (.npz).")
     flags.mark_flags_as_required(["source", "target"])
     app.run(main)
