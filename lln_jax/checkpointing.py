@@ -25,19 +25,30 @@ def abstract_like(state: Any, sharding: jax.sharding.Sharding) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
 
 
+def _options(root, name: str, max_to_keep: int, async_save: bool):
+    # Each manager's multi-host barriers get their own key prefix: with one shared prefix,
+    # a best-val save and a latest save at the same step collide ("Barrier ... is already
+    # ongoing") when several processes save.
+    prefix = f"{epath.Path(root).name}-{name}"
+    return ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        enable_async_checkpointing=async_save,
+        create=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix),
+    )
+
+
 class Checkpointer:
     """Saves and restores `(state, record)` pairs; `record` is a JSON-able dict."""
 
     def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
         root = pathlib.Path(directory).absolute() if "://" not in directory else directory
         self._root = epath.Path(root)
-        options = dict(enable_async_checkpointing=async_save, create=True)
         self._latest = ocp.CheckpointManager(
-            f"{root}/latest",
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, **options),
+            f"{root}/latest", options=_options(root, "latest", max_to_keep, async_save)
         )
         self._best = ocp.CheckpointManager(
-            f"{root}/best", options=ocp.CheckpointManagerOptions(max_to_keep=1, **options)
+            f"{root}/best", options=_options(root, "best", 1, async_save)
         )
 
     def latest_step(self) -> int | None:

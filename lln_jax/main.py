@@ -1,7 +1,8 @@
 """Command line: `python -m lln_jax.main --config=configs/coco.py:scheme=ll_cp --workdir=DIR`.
 
 Intentionally kept short: everything else is importable from `lln_jax.train`.
-Set `LLN_MULTIHOST=1` on every host of a multi-host (TPU pod) run.
+Set `LLN_MULTIHOST=1` on every host of a multi-host run (a TPU pod finds its peers; elsewhere
+also `LLN_COORDINATOR=host:port`, `LLN_NUM_PROCESSES` and `LLN_PROCESS_ID`).
 
 Exit codes, for launchers:
   0   the run finished (or the workdir already held the finished run);
@@ -57,6 +58,32 @@ def _check_config() -> None:
         _refuse(f"bad config: {error}")
 
 
+def _initialize_distributed(jax) -> None:
+    """JAX's multi-controller runtime, where `LLN_MULTIHOST=1` asks for it.
+
+    On Cloud TPU VMs and under Slurm, `jax.distributed.initialize()` finds its peers. Elsewhere
+    (GPU hosts, several processes on one machine) every process is given
+    `LLN_COORDINATOR=host:port` (process 0's address), `LLN_NUM_PROCESSES` and
+    `LLN_PROCESS_ID`. On CPUs the collectives between processes go through gloo.
+    """
+    if os.environ.get("LLN_MULTIHOST") != "1":
+        return
+    # Only the CPU backend reads this; accelerators keep their own collectives.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    coordinator = os.environ.get("LLN_COORDINATOR")
+    if coordinator is None:
+        jax.distributed.initialize()
+        return
+    try:
+        num_processes = int(os.environ["LLN_NUM_PROCESSES"])
+        process_id = int(os.environ["LLN_PROCESS_ID"])
+    except (KeyError, ValueError):
+        _refuse("LLN_COORDINATOR needs LLN_NUM_PROCESSES and LLN_PROCESS_ID (integers)")
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
+
+
 def _run(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -68,8 +95,7 @@ def _run(argv) -> None:
     tf.config.set_visible_devices([], "GPU")
     import jax
 
-    if os.environ.get("LLN_MULTIHOST") == "1":
-        jax.distributed.initialize()
+    _initialize_distributed(jax)
     from lln_jax import stop_request, train, train_monitor, workdir, workdir_lock
 
     logging.info(

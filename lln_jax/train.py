@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
+from jax.experimental import multihost_utils
 
 from lln_jax import (
     checkpointing,
@@ -38,12 +39,22 @@ from lln_jax.train_state import TrainState, create_train_state
 
 
 def create_splits(data_config: ml_collections.ConfigDict) -> dict[str, input_pipeline.Split]:
-    """Opens the data set (preparing it where possible); train/val/test splits."""
-    train, test = datasets.open_splits(
+    """Opens the data set (preparing it where possible); train/val/test splits.
+
+    With several processes, process 0 prepares (or upgrades) the data while the others wait,
+    so that they never write the same files at once.
+    """
+    open_splits = functools.partial(
+        datasets.open_splits,
         data_config.name,
         data_config.data_dir,
         allow_unchecked_counts=data_config.allow_unchecked_counts,
     )
+    if jax.process_count() > 1:
+        if jax.process_index() == 0:
+            open_splits()
+        multihost_utils.sync_global_devices("lln_jax: the data is prepared")
+    train, test = open_splits()
     return input_pipeline.create_splits(
         train,
         test,

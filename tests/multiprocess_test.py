@@ -1,0 +1,88 @@
+"""Two real processes (JAX's multi-controller runtime on localhost, gloo collectives) train
+the embedded benchmark exactly as one process with the same two devices."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py"
+# Float tolerance: the two runs reduce the same numbers over the same two devices; gloo's
+# all-reduce may add in another order than the in-process one.
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def _command(data_dir, workdir):
+    # Every epoch end saves the best and the latest state at the same step (the diagnosis
+    # is off, as on the real data sets): the pattern whose barriers collided.
+    return [
+        sys.executable, "-m", "lln_jax.main", f"--config={CONFIG}:scheme=ll_cp,runlocal",
+        f"--config.data.data_dir={data_dir}", "--config.num_epochs=4",
+        "--config.diagnose_false_negatives=False", "--config.checkpoint.every_steps=5",
+        f"--workdir={workdir}",
+    ]  # fmt: skip
+
+
+def _environment(**extra):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "LLN_"))}
+    return {**environment, "JAX_PLATFORMS": "cpu", **extra}
+
+
+def _final_state(workdir: pathlib.Path):
+    """The newest saved state, restored onto this process's first device."""
+    latest = workdir / "checkpoints" / "latest"
+    step = max(int(p.name) for p in latest.iterdir() if p.name.isdigit())
+    checkpointer = ocp.StandardCheckpointer()
+    metadata = checkpointer.metadata(latest / str(step) / "state")
+    metadata = getattr(metadata, "item_metadata", metadata)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
+    )
+    return checkpointer.restore(latest / str(step) / "state", abstract)
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_process_with_two_devices(tmp_path):
+    single = tmp_path / "single"
+    two_devices = _environment(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    subprocess.run(_command(tmp_path / "tfds", single), env=two_devices, check=True, timeout=900)
+    # The two processes prepare their own copy of the data: process 0 writes, 1 waits.
+    data_dir, multi = tmp_path / "tfds_multi", tmp_path / "multi"
+    port = _free_port()
+    processes = [
+        subprocess.Popen(
+            _command(data_dir, multi),
+            env=_environment(
+                LLN_MULTIHOST="1",
+                LLN_COORDINATOR=f"localhost:{port}",
+                LLN_NUM_PROCESSES="2",
+                LLN_PROCESS_ID=str(index),
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"process{index}.log").open("w"),
+        )
+        for index in range(2)
+    ]
+    codes = [process.wait(timeout=900) for process in processes]
+    assert codes == [0, 0], (tmp_path / "process0.log").read_text()[-3000:]
+    results = [json.loads((d / "results.json").read_text()) for d in (single, multi)]
+    np.testing.assert_allclose(results[1]["val_map"], results[0]["val_map"], rtol=RTOL, atol=1e-4)
+    assert results[1]["test_map"] == pytest.approx(results[0]["test_map"], abs=1e-4)
+    chex.assert_trees_all_close(_final_state(multi), _final_state(single), rtol=RTOL, atol=ATOL)
+    log = (tmp_path / "process1.log").read_text()
+    assert "process 1 of 2, 1 local devices of 2" in log
