@@ -316,6 +316,7 @@ def _config(name, data_dir):
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config_name", ["voc", "coco", "cub", "nuswide"])
 def test_one_short_epoch_on_each_tiny_prepared_set(tmp_path, config_name):
     manual = tmp_path / "manual"

@@ -54,6 +54,7 @@ def test_the_head_trains_alone_and_the_run_starts_from_it(data_dir, tmp_path):
     assert not any(np.any(leaf) for leaf in jax.tree.leaves(state.opt_state))
 
 
+@pytest.mark.slow
 def test_a_head_phase_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(data_dir, tmp_path):
     _, whole = _head_phase(_config(data_dir), tmp_path / "whole")
     _head_phase(_config(data_dir, num_epochs=1), tmp_path / "stopped")  # Saved after epoch 1.
@@ -62,6 +63,7 @@ def test_a_head_phase_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(d
     chex.assert_trees_all_equal(resumed.scheme_params, whole.scheme_params)
 
 
+@pytest.mark.slow
 def test_a_run_with_linear_init_trains_end_to_end(data_dir, tmp_path):
     config = _config(data_dir, scheme="ll_cp")
     config.num_epochs = 1

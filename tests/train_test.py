@@ -269,7 +269,7 @@ def test_the_demo_reproduces_the_published_seed_0_cell(tmp_path):
     )  # fmt: skip
     results = json.loads((tmp_path / "results.json").read_text())
     assert expected["config_arg"] == "scheme=ll_r" and published["seeds"][0] == 0
-    # XLA's CPU kernels are deterministic on one machine; across x86 machines the published
-    # cells reproduced to the last digit shown, so allow only printing precision.
-    assert results["test_map"] == pytest.approx(expected["test_map"][0], abs=0.01)
-    np.testing.assert_allclose(results["val_map"], expected["val_map"][0], atol=0.01)
+    # XLA's CPU kernels are deterministic on one machine, and the cells reproduced across x86
+    # machines to the digits shown; a stale table is off by tenths (0.07 test, 2.7 val seen).
+    assert results["test_map"] == pytest.approx(expected["test_map"][0], abs=0.02)
+    np.testing.assert_allclose(results["val_map"], expected["val_map"][0], atol=0.02)

@@ -73,7 +73,15 @@ CORRUPTIONS = {
 }
 
 
-@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+# One corruption in the default tier, the others (end-to-end reruns) in the slow one.
+@pytest.mark.parametrize(
+    "corruption",
+    [
+        "emptied step directory",
+        pytest.param("truncated data files", marks=pytest.mark.slow),
+        pytest.param("missing record metadata", marks=pytest.mark.slow),
+    ],
+)
 def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_previous_one_used(
     data_dir, finished, tmp_path, corruption
 ):
@@ -176,6 +184,7 @@ def test_a_signal_after_the_last_epoch_is_honoured_and_the_rerun_tests(
     assert results["test_map"] == finished[2]["test_map"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_at_the_next_step_instead_of_losing_the_epoch(data_dir, tmp_path, monkeypatch):
     _signal_after(monkeypatch, signal.SIGINT, epoch=1)
     with pytest.raises(stop_request.RunInterruptedError, match="SIGINT: stopped at step 15 of 30"):
