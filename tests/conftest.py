@@ -9,7 +9,18 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax
+import pytest
 
 jax.config.update("jax_disable_most_optimizations", True)
 
 NUM_DEVICES = 8
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    """The embedded benchmark's small configuration, prepared once for the whole session."""
+    from lln_jax import datasets
+
+    path = tmp_path_factory.mktemp("tfds")
+    datasets.prepare("digit_mosaics_small", str(path))
+    return str(path)

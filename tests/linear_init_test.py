@@ -10,16 +10,9 @@ import numpy as np
 import pytest
 from clu import metric_writers
 
-from lln_jax import datasets, linear_init, models, train
+from lln_jax import linear_init, models, train
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tfds")
-    datasets.prepare("digit_mosaics_small", str(path))
-    return str(path)
 
 
 def _config(data_dir, num_epochs=2, scheme="role"):

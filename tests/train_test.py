@@ -17,16 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lln_jax import checkpointing, datasets, models, sharding, train, train_monitor
+from lln_jax import checkpointing, models, sharding, train, train_monitor
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tfds")
-    datasets.prepare("digit_mosaics_small", str(path))
-    return str(path)
 
 
 def _config(data_dir, arg="scheme=ll_cp,runlocal", **overrides):

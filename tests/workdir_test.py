@@ -16,18 +16,11 @@ import chex
 import numpy as np
 import pytest
 
-from lln_jax import checkpointing, datasets, stop_request, train, train_monitor, workdir_lock
+from lln_jax import checkpointing, stop_request, train, train_monitor, workdir_lock
 from lln_jax import workdir as workdir_lib
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 TOTAL_STEPS = 30  # runlocal: 240 train examples, batch 16, 2 epochs.
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tfds")
-    datasets.prepare("digit_mosaics_small", str(path))
-    return str(path)
 
 
 def _config(data_dir, **overrides):
