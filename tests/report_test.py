@@ -1,0 +1,100 @@
+"""The report: runs grouped, averaged over seeds, set beside the paper; local and gs://."""
+
+import contextlib
+import json
+import pathlib
+from unittest import mock
+
+import pytest
+from etils import epath
+from etils.epath import gpath as epath_gpath
+from etils.epath import testing as epath_testing
+
+from lln_jax import report
+
+
+def _run(root: pathlib.Path, name: str, *, data="coco2014", scheme="ll_r", labels="single_positive",
+         alpha=1.0, seed=0, test_map=None, best_epoch=5):  # fmt: skip
+    path = root / name
+    path.mkdir(parents=True)
+    config = {"seed": seed, "data": {"name": data, "label_setting": labels, "val_labels": "true"},
+              "scheme": {"name": scheme}, "model": {"boost_alpha": alpha}}  # fmt: skip
+    (path / "config.json").write_text(json.dumps(config))
+    if test_map is not None:
+        results = {"test_map": test_map, "best_epoch": best_epoch, "config": config}
+        (path / "results.json").write_text(json.dumps(results))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    _run(root, "coco_ll_r_0", seed=0, test_map=70.5, best_epoch=6)
+    _run(root, "coco_ll_r_1", seed=1, test_map=71.5, best_epoch=7)
+    _run(root, "coco_an_0", scheme="an", test_map=62.0)
+    _run(root, "coco_ll_r_boost", alpha=5.0, test_map=72.5)
+    _run(root, "coco_ll_cp_crashed", scheme="ll_cp")  # No results.json: it never finished.
+    (root / "notes.txt").write_text("not a run")
+    return root
+
+
+def test_groups_seeds_paper_and_differences(runs, tmp_path):
+    summary = report.write_report([str(runs)], str(tmp_path / "out"))
+    rows = {(r["scheme"], r["head"]): r for r in summary["rows"]}
+    ll_r = rows[("ll_r", "plain")]
+    assert (ll_r["test_map_mean"], ll_r["test_map_std"]) == (71.0, 0.5)
+    assert (ll_r["seeds"], ll_r["best_epochs"]) == ([0, 1], [6, 7])
+    assert (ll_r["paper"], ll_r["authors_rerun"], ll_r["marked"]) == (71.0, 70.70, False)
+    an = rows[("an", "plain")]
+    assert an["paper"] == 64.1 and an["difference"] == pytest.approx(-2.1) and an["marked"]
+    boosted = rows[("ll_r", "boostlu (alpha 5)")]
+    assert boosted["paper"] == 72.89 and not boosted["marked"]
+    assert [r["path"] for r in summary["incomplete"]] == [str(runs / "coco_ll_cp_crashed")]
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "| coco2014 | an | single_positive | plain | true | 62.00 ± 0.00 | 1 | 5 | 64.10 | - " \
+           "| -2.10 **(>1)** |" in markdown  # fmt: skip
+    assert "coco_ll_cp_crashed (coco2014, ll_cp)" in markdown
+    csv_lines = (tmp_path / "out" / "report.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("data,scheme,labels,head,val_labels,test_map_mean")
+    assert len(csv_lines) == 1 + 3
+    assert json.loads((tmp_path / "out" / "report.json").read_text()) == json.loads(
+        json.dumps(summary)
+    )
+
+
+@contextlib.contextmanager
+def _gcs_in(local_root: pathlib.Path):
+    """`gs://bucket/...` served from `local_root/bucket/...` (an in-test storage backend)."""
+
+    def local(path) -> str:
+        path = str(path)
+        return str(local_root / path[len("gs://") :]) if path.startswith("gs://") else path
+
+    def redirect(original, path, *args, **kwargs):
+        return original(local(path), *args, **kwargs)
+
+    def redirect_two(original, source, target, *args, **kwargs):
+        return original(local(source), local(target), *args, **kwargs)
+
+    names = ("exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove",
+             "rmtree", "stat", "walk")  # fmt: skip
+    mocks = {name: redirect for name in names}
+    mocks.update(copy=redirect_two, rename=redirect_two, replace=redirect_two)
+    # With TensorFlow installed, epath sends gs:// to tf.io.gfile whatever the mock says.
+    no_tf = mock.patch.object(epath_gpath, "_is_tf_installed", lambda: False)
+    with no_tf, epath_testing.mock_epath(**mocks):
+        yield
+
+
+def test_gs_run_dirs_and_output(runs, tmp_path, monkeypatch):
+    bucket = tmp_path / "gcs"
+    (bucket / "bucket").mkdir(parents=True)
+    runs.rename(bucket / "bucket" / "runs")
+    monkeypatch.chdir(tmp_path)
+    with _gcs_in(bucket):
+        summary = report.write_report(["gs://bucket/runs"], "gs://bucket/report")
+        assert epath.Path("gs://bucket/report/report.md").exists()
+    assert len(summary["rows"]) == 3
+    assert summary["incomplete"][0]["path"] == "gs://bucket/runs/coco_ll_cp_crashed"
+    assert (bucket / "bucket" / "report" / "report.csv").exists()
+    assert not (tmp_path / "gs:").exists()  # Nothing landed in a local directory named gs:.
