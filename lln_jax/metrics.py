@@ -133,3 +133,28 @@ class TrainMetrics(clu_metrics.Collection):
     grad_norm: clu_metrics.Average.from_output("grad_norm")
     param_norm: clu_metrics.LastValue.from_output("param_norm")
     update_norm: clu_metrics.Average.from_output("update_norm")
+    # Per step: entries selected (rejected or corrected), those of them that are truly
+    # positive, and the batch's unobserved true positives (the false negatives); their
+    # totals over an epoch give the selection's precision and recall.
+    selected: clu_metrics.Average.from_output("selected")
+    selected_false_negatives: clu_metrics.Average.from_output("selected_false_negatives")
+    false_negatives: clu_metrics.Average.from_output("false_negatives")
+
+
+SELECTION_COUNTS = ("selected", "selected_false_negatives", "false_negatives")
+
+
+def selection_totals(train_metrics: TrainMetrics) -> dict[str, float]:
+    """The totals of the selection counts over the merged steps (a host transfer)."""
+    totals = jax.device_get({name: getattr(train_metrics, name).total for name in SELECTION_COUNTS})
+    return {name: float(value) for name, value in totals.items()}
+
+
+def selection_quality(totals: dict[str, float]) -> dict[str, float | None]:
+    """Precision (true positives among the selected) and recall (selected among the false
+    negatives) of the selected entries; None where undefined (nothing selected, or none)."""
+    selected, hits = totals["selected"], totals["selected_false_negatives"]
+    return {
+        "precision": hits / selected if selected > 0 else None,
+        "recall": hits / totals["false_negatives"] if totals["false_negatives"] > 0 else None,
+    }

@@ -64,8 +64,21 @@ def train_step(
         grad_norm=optax.tree.norm(grads["model"]),
         param_norm=optax.tree.norm(trained["model"]),
         update_norm=optax.tree.norm(updates["model"]),
+        **_selection_counts(aux["modified"], batch),
     )
     return new_state, train_metrics
+
+
+def _selection_counts(modified: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    """Selected entries, the truly positive ones among them, and the false negatives."""
+    real = batch["mask"][:, None] > 0
+    truly_positive = (batch["labels_true"] == 1) & real
+    false_negatives = truly_positive & (batch["labels_obs"] == 0)
+    return {
+        "selected": jnp.sum(modified & real, dtype=jnp.float32),
+        "selected_false_negatives": jnp.sum(modified & truly_positive, dtype=jnp.float32),
+        "false_negatives": jnp.sum(false_negatives, dtype=jnp.float32),
+    }
 
 
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module) -> dict[str, Any]:

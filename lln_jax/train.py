@@ -247,6 +247,7 @@ class _Run:
 def _end_of_epoch(run: _Run, state: TrainState, step: int, record: dict) -> bool:
     """Val mAP, best-model bookkeeping and the early stop. Returns True to stop."""
     epoch = step // run.steps_per_epoch
+    _close_selection_epoch(record)
     val_map = run.evaluate(state, "val", run.config.data.val_labels)
     record["val_map"].append(val_map)
     if val_map > record["best_val_map"]:  # Strictly greater, as the reference.
@@ -265,8 +266,27 @@ def _end_of_epoch(run: _Run, state: TrainState, step: int, record: dict) -> bool
     return stop
 
 
+def _add_selection_totals(record: dict, totals: dict[str, float]) -> None:
+    """Adds a log interval's selection counts to the epoch's (kept in the record, so that a
+    resumed epoch counts the steps before its checkpoint too)."""
+    epoch = record.setdefault("selection_this_epoch", dict.fromkeys(totals, 0.0))
+    for name, value in totals.items():
+        epoch[name] += value
+
+
+def _close_selection_epoch(record: dict) -> None:
+    totals = record.pop("selection_this_epoch", None)
+    quality = metrics.selection_quality(totals) if totals else {"precision": None, "recall": None}
+    for name, value in quality.items():
+        record.setdefault(f"train_selection_{name}", []).append(value)
+
+
 def _epoch_scalars(record: dict) -> dict[str, float]:
     scalars = {"val/map": record["val_map"][-1]}
+    for name in ("precision", "recall"):
+        value = record.get(f"train_selection_{name}", [None])[-1]
+        if value is not None:
+            scalars[f"train/selection_{name}"] = value
     for name in ("false_negative", "true_negative"):
         if f"train_{name}_loss" in record:
             scalars[f"train/{name}_loss"] = record[f"train_{name}_loss"][-1]
@@ -290,6 +310,7 @@ def _train(run: _Run, state: TrainState, record: dict, writer, stop_request) -> 
         epoch_ends = step % run.steps_per_epoch == 0
         save = epoch_ends or step % config.checkpoint.every_steps == 0 or stop_request.requested
         if step % config.log_every_steps == 0 or save:
+            _add_selection_totals(record, metrics.selection_totals(train_metrics))
             train_monitor.log_train_metrics(writer, step, train_metrics, run, first_loss)
             writer.write_scalars(step, batches.take_scalars())
             train_metrics = None
@@ -322,6 +343,8 @@ def _finish(run: _Run, state: TrainState, record: dict, writer, elapsed: float) 
         "val_labels": run.config.data.val_labels,
         "stopped_early": record["stopped_early"],
         **{key: value for key, value in record.items() if key.endswith("negative_loss")},
+        "train_selection_precision": record.get("train_selection_precision", []),
+        "train_selection_recall": record.get("train_selection_recall", []),
         "observed_labels_sha256": record["observed_labels_sha256"],
         "final_step": int(jax.device_get(state.step)),
         "train_seconds_this_session": elapsed,

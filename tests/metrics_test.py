@@ -71,3 +71,12 @@ def test_clu_metric_gathers_across_steps_like_the_whole_split():
         update = metrics.MeanAveragePrecision.from_model_output(**metrics.gather_to_host(outputs))
         metric = metric.merge(update)
     assert metric.compute() == pytest.approx(metrics.mean_average_precision(scores, labels))
+
+
+def test_selection_precision_and_recall():
+    quality = metrics.selection_quality(
+        {"selected": 8.0, "selected_false_negatives": 6.0, "false_negatives": 24.0}
+    )
+    assert quality == {"precision": 0.75, "recall": 0.25}
+    nothing = {"selected": 0.0, "selected_false_negatives": 0.0, "false_negatives": 0.0}
+    assert metrics.selection_quality(nothing) == {"precision": None, "recall": None}

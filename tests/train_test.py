@@ -54,6 +54,10 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path):
     )
     assert list(tmp_path.glob("events.out.tfevents.*"))
     assert int(np.asarray(state.scheme_state.corrected).sum()) > 0  # LL-Cp corrected entries.
+    # The selection's precision and recall per epoch: none in epoch 1 (rate 0), then some.
+    precision, recall = results["train_selection_precision"], results["train_selection_recall"]
+    assert precision[0] is None and recall[0] == 0.0
+    assert 0.0 <= precision[1] <= 1.0 and 0.0 < recall[1] <= 1.0
 
     # The same command again finds the run finished: it reports the stored results and
     # leaves them as they are (the training time included).
@@ -149,8 +153,8 @@ def test_a_stopped_and_killed_run_resumes_to_the_same_parameters(data_dir, tmp_p
     assert whole_step == killed_step == 4 * 15
     chex.assert_trees_all_equal(killed, whole)  # Bit for bit, LL-Cp's or ROLE's tables too.
     results = [json.loads((d / "results.json").read_text()) for d in (uninterrupted, interrupted)]
-    assert results[0]["val_map"] == results[1]["val_map"]
-    assert results[0]["test_map"] == results[1]["test_map"]
+    for key in ("val_map", "test_map", "train_selection_precision", "train_selection_recall"):
+        assert results[0][key] == results[1][key], key
 
 
 class _DivergingModel(nn.Module):
