@@ -1,10 +1,11 @@
 """Turns run dirs into the comparison with the paper: `python -m lln_jax.report RUN_DIR...`.
 
 Groups runs by (data set, scheme, label setting, head, val-label selection) and writes
-`report.md`, `report.csv` and `report.json` into `--out`: test mAP mean and standard
-deviation over seeds, the number of seeds, the best epochs, and beside each cell the
-paper's number (SPEC.md sections 6 and 9; the authors' own rerun where there is one) with
-the difference; a cell more than `MARK_ABOVE` points from the paper is marked. A run dir
+`report.md`, `report.csv`, `report.json` and the figures of `report_plots` into `--out`:
+test mAP mean and standard deviation over seeds, the number of seeds, the best epochs, and
+beside each cell the paper's number (SPEC.md sections 6 and 9; the authors' own rerun where
+there is one) with the difference; a cell more than `MARK_ABOVE` points from the paper is
+marked. A run dir
 without `results.json` (crashed, stopped or still running) is listed, not averaged. A
 directory that holds run dirs rather than being one is expanded one level. Every path may
 be `gs://`.
@@ -20,6 +21,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from absl import app, flags, logging
 from etils import epath
+
+from lln_jax import report_plots
 
 MARK_ABOVE = 1.0  # Points of mAP; about the method's own spread (SPEC.md section 6).
 
@@ -167,14 +170,35 @@ def to_csv(summary: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
+def _settings_by_data(runs: Sequence[Run]) -> dict[str, list[report_plots.Setting]]:
+    groups: dict[Group, list[dict[str, Any]]] = {}
+    for run in runs:
+        if run.results is not None:
+            groups.setdefault(group_of(run.config), []).append(run.results)
+    by_data: dict[str, list[report_plots.Setting]] = {}
+    for group, results in sorted(groups.items()):
+        label = (
+            group.scheme
+            if group.labels == "single_positive"
+            else f"{group.scheme} ({group.labels})"
+        )
+        label += "" if group.head == "plain" else f", {group.head}"
+        label += "" if group.val_labels == "true" else f", val: {group.val_labels}"
+        setting = report_plots.Setting(label, group.scheme.startswith("ll_"), results)
+        by_data.setdefault(group.data, []).append(setting)
+    return by_data
+
+
 def write_report(directories: Sequence[str], out: str) -> dict[str, Any]:
-    """Reads the runs and writes `report.{md,csv,json}` into `out` (local or `gs://`)."""
-    summary = summarize(find_runs(directories))
+    """Reads the runs; writes `report.{md,csv,json}` and the figures into `out`."""
+    runs = find_runs(directories)
+    summary = summarize(runs)
     target = epath.Path(out)
     target.mkdir(parents=True, exist_ok=True)
     (target / "report.md").write_text(to_markdown(summary))
     (target / "report.csv").write_text(to_csv(summary))
     (target / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["figures"] = report_plots.write_plots(_settings_by_data(runs), out)
     return summary
 
 

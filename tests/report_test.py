@@ -21,7 +21,12 @@ def _run(root: pathlib.Path, name: str, *, data="coco2014", scheme="ll_r", label
               "scheme": {"name": scheme}, "model": {"boost_alpha": alpha}}  # fmt: skip
     (path / "config.json").write_text(json.dumps(config))
     if test_map is not None:
-        results = {"test_map": test_map, "best_epoch": best_epoch, "config": config}
+        curve = [test_map - 3.0, test_map - 1.0, test_map]
+        results = {"test_map": test_map, "best_epoch": best_epoch, "config": config,
+                   "val_map": curve, "train_false_negative_loss": [0.1, 0.2, 0.3],
+                   "train_true_negative_loss": [0.1, 0.08, 0.06],
+                   "train_selection_precision": [None, 0.5, 0.6],
+                   "train_selection_recall": [0.0, 0.1, 0.2]}  # fmt: skip
         (path / "results.json").write_text(json.dumps(results))
     return path
 
@@ -58,8 +63,12 @@ def test_groups_seeds_paper_and_differences(runs, tmp_path):
     assert csv_lines[0].startswith("data,scheme,labels,head,val_labels,test_map_mean")
     assert len(csv_lines) == 1 + 3
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == json.loads(
-        json.dumps(summary)
+        json.dumps({k: v for k, v in summary.items() if k != "figures"})
     )
+    names = sorted(pathlib.Path(p).name for p in summary["figures"])
+    assert names == [f"{kind}_coco2014.png" for kind in ("memorisation", "selection", "val_map")]
+    for name in names:
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @contextlib.contextmanager
