@@ -14,6 +14,7 @@ Exit codes, for launchers:
 import logging as python_logging
 import os
 import shlex
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -70,6 +71,9 @@ def _initialize_distributed(jax) -> None:
         return
     # Only the CPU backend reads this; accelerators keep their own collectives.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # SIGTERM is ours (`stop_request`: a stop agreed between processes, after a checkpoint);
+    # JAX's preemption service would install a second, C-level owner of it.
+    jax.config.update("jax_enable_preemption_service", False)
     coordinator = os.environ.get("LLN_COORDINATOR")
     if coordinator is None:
         jax.distributed.initialize()
@@ -111,6 +115,10 @@ def _run(argv) -> None:
         sys.stderr.write(f"lln_jax.main: {error}\n")
         sys.exit(EXIT_FAILED)
     except stop_request.RunInterruptedError as error:
+        # The state is saved: a late signal (the other hosts of a pod get theirs seconds
+        # apart) is ignored, where Python's shutdown would restore its fatal default.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         command = shlex.join([sys.executable, "-m", "lln_jax.main", *sys.argv[1:]])
         sys.stderr.write(f"lln_jax.main: {error}.\nResume with: {command}\n")
         sys.exit(EXIT_INTERRUPTED)

@@ -1,13 +1,18 @@
 """Signals as a request to stop: SIGTERM and SIGINT checkpoint at the next step, then stop.
 
 A preemption (SIGTERM from a TPU maintenance event or a spot reclaim) or Ctrl-C must not
-lose the work since the last save; the loop checks `requested` at every step boundary.
+lose the work since the last save; the loop asks `agreed` at every step boundary. With
+several processes the stop must be agreed: the signal reaches the hosts of a pod seconds
+apart, and a process that stops alone leaves the others waiting in a collective.
 """
 
 import signal
 import threading
 
+import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 class RunInterruptedError(Exception):
@@ -46,7 +51,28 @@ class StopRequest:
             "%s: saving a checkpoint at the next step, then stopping.", self.signal_name
         )
 
+    def agreed(self, step: int, *, every: int, final: bool = False) -> bool:
+        """Whether every process stops at this step boundary.
+
+        One process decides alone, at every step. Several compare their requests every
+        `every` steps (an all-gather of one flag, no more often than the loop logs) and
+        once more when `final` (after the last step), so that all stop at the same step.
+        """
+        if jax.process_count() == 1:
+            return self.requested
+        if step % every and not final:
+            return False
+        requests = multihost_utils.process_allgather(np.int32(self.requested))
+        if np.any(requests) and not self.requested:
+            self.signal_name = "a signal to another process"
+        return bool(np.any(requests))
+
     def restore_defaults(self) -> None:
+        """Python's default handlers again, unless a stop was requested: then a late signal
+        (the other hosts of a pod get theirs seconds apart) must not kill a process that is
+        about to exit cleanly, so the handlers stay until it does."""
+        if self.requested:
+            return
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -308,7 +308,8 @@ def _train(run: _Run, state: TrainState, record: dict, writer, stop_request) -> 
         step += 1
         report(step)
         epoch_ends = step % run.steps_per_epoch == 0
-        save = epoch_ends or step % config.checkpoint.every_steps == 0 or stop_request.requested
+        stop_now = stop_request.agreed(step, every=config.log_every_steps)
+        save = epoch_ends or step % config.checkpoint.every_steps == 0 or stop_now
         if step % config.log_every_steps == 0 or save:
             _add_selection_totals(record, metrics.selection_totals(train_metrics))
             train_monitor.log_train_metrics(writer, step, train_metrics, run, first_loss)
@@ -319,7 +320,7 @@ def _train(run: _Run, state: TrainState, record: dict, writer, stop_request) -> 
             writer.write_scalars(step, _epoch_scalars(record))
         if save:
             run.checkpointer.save(step, state, record)
-        if stop or stop_request.requested:
+        if stop or stop_now:
             break
     return state
 
@@ -495,8 +496,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
         if not (record["stopped_early"] or int(jax.device_get(state.step)) >= run.total_steps):
             state = _train(run, state, record, writer, stop_request)
         run.checkpointer.wait_until_finished()
-        if stop_request.requested:  # Even after the last step: the test runs on the rerun.
-            step = int(jax.device_get(state.step))
+        step = int(jax.device_get(state.step))
+        if stop_request.agreed(step, every=config.log_every_steps, final=True):
+            # Even after the last step: the test then runs on the rerun.
             raise stop_request_lib.RunInterruptedError(
                 stop_request.signal_name, step, run.total_steps, workdir
             )

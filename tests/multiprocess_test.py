@@ -4,9 +4,11 @@ the embedded benchmark exactly as one process with the same two devices."""
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import chex
 import jax
@@ -86,3 +88,49 @@ def test_two_processes_train_as_one_process_with_two_devices(tmp_path):
     chex.assert_trees_all_close(_final_state(multi), _final_state(single), rtol=RTOL, atol=ATOL)
     log = (tmp_path / "process1.log").read_text()
     assert "process 1 of 2, 1 local devices of 2" in log
+
+
+def _start_two(data_dir, workdir, logs: pathlib.Path, port: int):
+    return [
+        subprocess.Popen(
+            _command(data_dir, workdir),
+            env=_environment(
+                LLN_MULTIHOST="1",
+                LLN_COORDINATOR=f"localhost:{port}",
+                LLN_NUM_PROCESSES="2",
+                LLN_PROCESS_ID=str(index),
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=(logs / f"p{index}.log").open("a"),
+        )
+        for index in range(2)
+    ]
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_seconds_apart_stops_all_at_one_step_and_resumes(tmp_path):
+    """What a pod's preemption does: every host gets SIGTERM, a few seconds apart."""
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    data_dir = tmp_path / "tfds"
+    for process in _start_two(data_dir, whole, tmp_path, _free_port()):
+        assert process.wait(timeout=900) == 0
+    processes = _start_two(data_dir, stopped, tmp_path, _free_port())
+    latest = stopped / "checkpoints" / "latest"
+    deadline = time.time() + 600
+    while not (latest / "20").exists():
+        assert time.time() < deadline and all(p.poll() is None for p in processes)
+        time.sleep(0.05)
+    processes[0].send_signal(signal.SIGTERM)
+    time.sleep(2.0)
+    processes[1].send_signal(signal.SIGTERM)
+    assert [p.wait(timeout=300) for p in processes] == [75, 75]  # Both stopped, none hung.
+    said = [(tmp_path / f"p{i}.log").read_text().splitlines()[-2] for i in range(2)]
+    steps = [int(line.split("stopped at step ")[1].split()[0]) for line in said]
+    assert steps[0] == steps[1] and steps[0] < 60, said  # The same step on both.
+    assert not (stopped / "results.json").exists()
+    for process in _start_two(data_dir, stopped, tmp_path, _free_port()):
+        assert process.wait(timeout=900) == 0
+    results = [json.loads((d / "results.json").read_text()) for d in (whole, stopped)]
+    assert results[0]["val_map"] == results[1]["val_map"]
+    assert results[0]["test_map"] == results[1]["test_map"]
+    chex.assert_trees_all_equal(_final_state(stopped), _final_state(whole))

@@ -53,6 +53,7 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path):
         "digit_mosaics_small"
     )
     assert list(tmp_path.glob("events.out.tfevents.*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Handlers restored.
     assert int(np.asarray(state.scheme_state.corrected).sum()) > 0  # LL-Cp corrected entries.
     # The selection's precision and recall per epoch: none in epoch 1 (rate 0), then some.
     precision, recall = results["train_selection_precision"], results["train_selection_recall"]
