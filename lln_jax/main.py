@@ -65,7 +65,8 @@ def _initialize_distributed(jax) -> None:
     On Cloud TPU VMs and under Slurm, `jax.distributed.initialize()` finds its peers. Elsewhere
     (GPU hosts, several processes on one machine) every process is given
     `LLN_COORDINATOR=host:port` (process 0's address), `LLN_NUM_PROCESSES` and
-    `LLN_PROCESS_ID`. On CPUs the collectives between processes go through gloo.
+    `LLN_PROCESS_ID`. On CPUs the collectives between processes go through gloo. When a
+    process dies, the others fail after `LLN_HEARTBEAT_TIMEOUT_S` seconds (100).
     """
     if os.environ.get("LLN_MULTIHOST") != "1":
         return
@@ -74,9 +75,11 @@ def _initialize_distributed(jax) -> None:
     # SIGTERM is ours (`stop_request`: a stop agreed between processes, after a checkpoint);
     # JAX's preemption service would install a second, C-level owner of it.
     jax.config.update("jax_enable_preemption_service", False)
+    # A process that stops answering (killed, its host lost) fails the others after this.
+    timeouts = {"heartbeat_timeout_seconds": int(os.environ.get("LLN_HEARTBEAT_TIMEOUT_S", "100"))}
     coordinator = os.environ.get("LLN_COORDINATOR")
     if coordinator is None:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
         return
     try:
         num_processes = int(os.environ["LLN_NUM_PROCESSES"])
@@ -84,7 +87,10 @@ def _initialize_distributed(jax) -> None:
     except (KeyError, ValueError):
         _refuse("LLN_COORDINATOR needs LLN_NUM_PROCESSES and LLN_PROCESS_ID (integers)")
     jax.distributed.initialize(
-        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+        coordinator_address=coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+        **timeouts,
     )
 
 

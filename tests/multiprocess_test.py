@@ -90,7 +90,7 @@ def test_two_processes_train_as_one_process_with_two_devices(tmp_path):
     assert "process 1 of 2, 1 local devices of 2" in log
 
 
-def _start_two(data_dir, workdir, logs: pathlib.Path, port: int):
+def _start_two(data_dir, workdir, logs: pathlib.Path, port: int, **extra):
     return [
         subprocess.Popen(
             _command(data_dir, workdir),
@@ -99,6 +99,7 @@ def _start_two(data_dir, workdir, logs: pathlib.Path, port: int):
                 LLN_COORDINATOR=f"localhost:{port}",
                 LLN_NUM_PROCESSES="2",
                 LLN_PROCESS_ID=str(index),
+                **extra,
             ),
             stdout=subprocess.DEVNULL,
             stderr=(logs / f"p{index}.log").open("a"),
@@ -134,3 +135,27 @@ def test_sigterm_to_every_process_seconds_apart_stops_all_at_one_step_and_resume
     assert results[0]["val_map"] == results[1]["val_map"]
     assert results[0]["test_map"] == results[1]["test_map"]
     chex.assert_trees_all_equal(_final_state(stopped), _final_state(whole))
+
+
+@pytest.mark.slow
+def test_a_killed_process_fails_the_other_in_bounded_time_and_the_job_resumes(tmp_path):
+    """SIGKILL of one host: the other must not hang; the same command then resumes."""
+    workdir, data_dir = tmp_path / "work", tmp_path / "tfds"
+    heartbeat = {"LLN_HEARTBEAT_TIMEOUT_S": "10"}
+    processes = _start_two(data_dir, workdir, tmp_path, _free_port(), **heartbeat)
+    latest = workdir / "checkpoints" / "latest"
+    deadline = time.time() + 600
+    while not (latest / "20").exists():
+        assert time.time() < deadline and all(p.poll() is None for p in processes)
+        time.sleep(0.05)
+    processes[1].kill()
+    killed_at = time.time()
+    code = processes[0].wait(timeout=180)
+    waited = time.time() - killed_at
+    assert code != 0 and waited < 90, (code, waited)  # Heartbeat 10 s, plus the teardown.
+    assert not (workdir / "results.json").exists()
+    # Process 0 died holding the lease; its pid is gone, so the rerun takes it over.
+    for process in _start_two(data_dir, workdir, tmp_path, _free_port(), **heartbeat):
+        assert process.wait(timeout=900) == 0
+    results = json.loads((workdir / "results.json").read_text())
+    assert len(results["val_map"]) == 4
