@@ -320,7 +320,8 @@ def _train(run: _Run, state: TrainState, record: dict, writer, stop_request) -> 
             writer.write_scalars(step, _epoch_scalars(record))
         if save:
             run.checkpointer.save(step, state, record)
-        if stop or stop_now:
+        # A signal during the epoch's evaluation stops at this epoch end, saved just above.
+        if stop or stop_now or (epoch_ends and stop_request.agreed(step, every=1)):
             break
     return state
 
