@@ -24,3 +24,34 @@ def data_dir(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("tfds")
     datasets.prepare("digit_mosaics_small", str(path))
     return str(path)
+
+
+@pytest.fixture
+def fake_gcs(tmp_path, monkeypatch):
+    """`gs://BUCKET/...` served from `tmp_path/gcs/BUCKET/...` through etils.epath, the one
+    path layer; the test runs in `tmp_path`, so a path mishandled as local shows up there."""
+    from unittest import mock
+
+    from etils.epath import gpath, testing
+
+    root = tmp_path / "gcs"
+    root.mkdir()
+    monkeypatch.chdir(tmp_path)
+
+    def local(path) -> str:
+        path = str(path)
+        return str(root / path[len("gs://") :]) if path.startswith("gs://") else path
+
+    def redirect(original, path, *args, **kwargs):
+        return original(local(path), *args, **kwargs)
+
+    def redirect_two(original, source, target, *args, **kwargs):
+        return original(local(source), local(target), *args, **kwargs)
+
+    names = ("exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove",
+             "rmtree", "stat", "walk")  # fmt: skip
+    mocks = {name: redirect for name in names}
+    mocks.update(copy=redirect_two, rename=redirect_two, replace=redirect_two)
+    # With TensorFlow installed, epath sends gs:// to tf.io.gfile whatever the mock says.
+    with mock.patch.object(gpath, "_is_tf_installed", lambda: False), testing.mock_epath(**mocks):
+        yield root

@@ -1,14 +1,10 @@
 """The report: runs grouped, averaged over seeds, set beside the paper; local and gs://."""
 
-import contextlib
 import json
 import pathlib
-from unittest import mock
 
 import pytest
 from etils import epath
-from etils.epath import gpath as epath_gpath
-from etils.epath import testing as epath_testing
 
 from lln_jax import report
 
@@ -71,39 +67,12 @@ def test_groups_seeds_paper_and_differences(runs, tmp_path):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@contextlib.contextmanager
-def _gcs_in(local_root: pathlib.Path):
-    """`gs://bucket/...` served from `local_root/bucket/...` (an in-test storage backend)."""
-
-    def local(path) -> str:
-        path = str(path)
-        return str(local_root / path[len("gs://") :]) if path.startswith("gs://") else path
-
-    def redirect(original, path, *args, **kwargs):
-        return original(local(path), *args, **kwargs)
-
-    def redirect_two(original, source, target, *args, **kwargs):
-        return original(local(source), local(target), *args, **kwargs)
-
-    names = ("exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove",
-             "rmtree", "stat", "walk")  # fmt: skip
-    mocks = {name: redirect for name in names}
-    mocks.update(copy=redirect_two, rename=redirect_two, replace=redirect_two)
-    # With TensorFlow installed, epath sends gs:// to tf.io.gfile whatever the mock says.
-    no_tf = mock.patch.object(epath_gpath, "_is_tf_installed", lambda: False)
-    with no_tf, epath_testing.mock_epath(**mocks):
-        yield
-
-
-def test_gs_run_dirs_and_output(runs, tmp_path, monkeypatch):
-    bucket = tmp_path / "gcs"
-    (bucket / "bucket").mkdir(parents=True)
-    runs.rename(bucket / "bucket" / "runs")
-    monkeypatch.chdir(tmp_path)
-    with _gcs_in(bucket):
-        summary = report.write_report(["gs://bucket/runs"], "gs://bucket/report")
-        assert epath.Path("gs://bucket/report/report.md").exists()
+def test_gs_run_dirs_and_output(runs, tmp_path, fake_gcs):
+    (fake_gcs / "bucket").mkdir(parents=True)
+    runs.rename(fake_gcs / "bucket" / "runs")
+    summary = report.write_report(["gs://bucket/runs"], "gs://bucket/report")
+    assert epath.Path("gs://bucket/report/report.md").exists()
     assert len(summary["rows"]) == 3
     assert summary["incomplete"][0]["path"] == "gs://bucket/runs/coco_ll_cp_crashed"
-    assert (bucket / "bucket" / "report" / "report.csv").exists()
+    assert (fake_gcs / "bucket" / "report" / "report.csv").exists()
     assert not (tmp_path / "gs:").exists()  # Nothing landed in a local directory named gs:.

@@ -15,6 +15,7 @@ import types
 import chex
 import numpy as np
 import pytest
+from etils import epath
 
 from lln_jax import checkpointing, stop_request, train, train_monitor, workdir_lock
 from lln_jax import workdir as workdir_lib
@@ -138,6 +139,18 @@ def test_a_live_lease_refuses_a_second_run_and_a_stale_one_is_taken_over(tmp_pat
     lease.update(host="elsewhere", renewed=time.time() - 600)
     (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(lease))
     workdir_lock.WorkdirLock(str(tmp_path), lease_s=120).acquire(settle_s=0).release()
+
+
+def test_the_lease_and_the_workdir_files_work_on_gs(tmp_path, fake_gcs):
+    with workdir_lock.WorkdirLock("gs://bucket/run", renew_s=0.05) as lock:
+        time.sleep(0.2)
+        assert json.loads((fake_gcs / "bucket/run/lock.json").read_text())["token"] == lock.token
+        with pytest.raises(workdir_lock.WorkdirLockedError, match=r"gs://bucket/run is in use"):
+            workdir_lock.WorkdirLock("gs://bucket/run").acquire(settle_s=0)
+    assert not (fake_gcs / "bucket/run/lock.json").exists()
+    workdir_lib.write_results({"test_map": 1.0, "config": {}}, "gs://bucket/run")
+    assert workdir_lib.read_json(epath.Path("gs://bucket/run/results.json"))["test_map"] == 1.0
+    assert not (tmp_path / "gs:").exists()  # Nothing written to a local directory named gs:.
 
 
 def test_a_second_run_on_a_live_workdir_refuses_naming_the_owner(data_dir, tmp_path):
