@@ -58,38 +58,6 @@ def _final_state(workdir: pathlib.Path):
     return checkpointer.restore(latest / str(step) / "state", abstract)
 
 
-@pytest.mark.slow
-def test_two_processes_train_as_one_process_with_two_devices(tmp_path):
-    single = tmp_path / "single"
-    two_devices = _environment(XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    subprocess.run(_command(tmp_path / "tfds", single), env=two_devices, check=True, timeout=900)
-    # The two processes prepare their own copy of the data: process 0 writes, 1 waits.
-    data_dir, multi = tmp_path / "tfds_multi", tmp_path / "multi"
-    port = _free_port()
-    processes = [
-        subprocess.Popen(
-            _command(data_dir, multi),
-            env=_environment(
-                LLN_MULTIHOST="1",
-                LLN_COORDINATOR=f"localhost:{port}",
-                LLN_NUM_PROCESSES="2",
-                LLN_PROCESS_ID=str(index),
-            ),
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp_path / f"process{index}.log").open("w"),
-        )
-        for index in range(2)
-    ]
-    codes = [process.wait(timeout=900) for process in processes]
-    assert codes == [0, 0], (tmp_path / "process0.log").read_text()[-3000:]
-    results = [json.loads((d / "results.json").read_text()) for d in (single, multi)]
-    np.testing.assert_allclose(results[1]["val_map"], results[0]["val_map"], rtol=RTOL, atol=1e-4)
-    assert results[1]["test_map"] == pytest.approx(results[0]["test_map"], abs=1e-4)
-    chex.assert_trees_all_close(_final_state(multi), _final_state(single), rtol=RTOL, atol=ATOL)
-    log = (tmp_path / "process1.log").read_text()
-    assert "process 1 of 2, 1 local devices of 2" in log
-
-
 def _start_two(data_dir, workdir, logs: pathlib.Path, port: int, **extra):
     return [
         subprocess.Popen(
@@ -106,6 +74,24 @@ def _start_two(data_dir, workdir, logs: pathlib.Path, port: int, **extra):
         )
         for index in range(2)
     ]
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_process_with_two_devices(tmp_path):
+    single = tmp_path / "single"
+    two_devices = _environment(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    subprocess.run(_command(tmp_path / "tfds", single), env=two_devices, check=True, timeout=900)
+    # The two processes prepare their own copy of the data: process 0 writes, 1 waits.
+    data_dir, multi = tmp_path / "tfds_multi", tmp_path / "multi"
+    processes = _start_two(data_dir, multi, tmp_path, _free_port())
+    codes = [process.wait(timeout=900) for process in processes]
+    assert codes == [0, 0], (tmp_path / "p0.log").read_text()[-3000:]
+    results = [json.loads((d / "results.json").read_text()) for d in (single, multi)]
+    np.testing.assert_allclose(results[1]["val_map"], results[0]["val_map"], rtol=RTOL, atol=1e-4)
+    assert results[1]["test_map"] == pytest.approx(results[0]["test_map"], abs=1e-4)
+    chex.assert_trees_all_close(_final_state(multi), _final_state(single), rtol=RTOL, atol=ATOL)
+    log = (tmp_path / "p1.log").read_text()
+    assert "process 1 of 2, 1 local devices of 2" in log
 
 
 @pytest.mark.slow
