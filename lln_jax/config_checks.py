@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-from lln_jax import input_pipeline, models, schemes
+from lln_jax import image_storage, input_pipeline, models, schemes
 
 
 class ConfigError(ValueError):
@@ -76,6 +76,9 @@ def _choice_errors(config) -> list[str | None]:
         _choice(config, "data.label_setting", input_pipeline.LABEL_SETTINGS),
         _choice(config, "data.val_labels", ("true", "observed")),
         None if config.model.boost_alpha >= 1.0 else "model.boost_alpha must be >= 1",
+        None
+        if image_storage.is_valid(config.data.storage)
+        else f"data.storage={config.data.storage!r}; valid: 'original', 'raw' or 'jpeg<1..100>'",
     ]
 
 

@@ -114,6 +114,9 @@ def create_config(
         split_seed=1200,
         val_frac=0.2,
         image_size=image_size,
+        # "original": decode and resize the stored images every time; "jpeg95" or "raw": read
+        # them pre-resized to image_size (`python -m lln_jax.prepare NAME --image_size=...`).
+        storage="original",
         batch_size=batch_size,
         eval_batch_size=64,
         # PIL decodes and resizes without the GIL, so threads in the training process scale

@@ -21,6 +21,7 @@ from lln_jax import (
     checkpointing,
     config_checks,
     datasets,
+    image_storage,
     input_pipeline,
     linear_init,
     metrics,
@@ -49,6 +50,7 @@ def create_splits(data_config: ml_collections.ConfigDict) -> dict[str, input_pip
         data_config.name,
         data_config.data_dir,
         allow_unchecked_counts=data_config.allow_unchecked_counts,
+        storage=image_storage.parse(data_config.storage, data_config.image_size),
     )
     if jax.process_count() > 1:
         if jax.process_index() == 0:

@@ -14,8 +14,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from lln_jax import input_pipeline
-from lln_jax.datasets import coco, cub, digit_mosaics, formatted, prepared, voc
+from lln_jax import image_storage, input_pipeline
+from lln_jax.datasets import coco, cub, digit_mosaics, formatted, prepared, resized, voc
 from lln_jax.datasets.manual import ManualBuilder
 
 
@@ -194,8 +194,32 @@ def prepare(
     return data_builder
 
 
+def write_resized(
+    name: str, data_dir: str | None, storage: image_storage.Storage, *, num_threads: int = 8
+) -> dict:
+    """Writes the pre-resized store of prepared data set `name` (`resized.py`).
+
+    Returns:
+      The store's entry in the preparation record (per split: count and bytes).
+
+    Raises:
+      FileNotFoundError: the data set is not prepared yet (the message says how).
+    """
+    data_builder = builder(name, data_dir)
+    if not data_builder.is_prepared():
+        raise FileNotFoundError(
+            f"{name} is not prepared under {data_builder.data_dir}; prepare it first "
+            f"(`python -m lln_jax.prepare {name} --manual_dir=DIR`)"
+        )
+    return resized.write(data_builder, _sources(data_builder), storage, num_threads=num_threads)
+
+
 def open_splits(
-    name: str, data_dir: str | None, *, allow_unchecked_counts: bool = False
+    name: str,
+    data_dir: str | None,
+    *,
+    allow_unchecked_counts: bool = False,
+    storage: image_storage.Storage | None = None,
 ) -> tuple[input_pipeline.LabeledSource, input_pipeline.LabeledSource]:
     """Prepares (where possible) and opens the `(train, test)` splits of `name`.
 
@@ -203,7 +227,8 @@ def open_splits(
     the input pipeline decodes and resizes it in one step) and the label matrices, read from
     the label files, never from an image. Data prepared without the count check is refused
     unless `allow_unchecked_counts`; data a package builds (the embedded benchmark) gets its
-    label files here if it lacks them, other data by `python -m lln_jax.prepare`.
+    label files here if it lacks them, other data by `python -m lln_jax.prepare`. With a
+    `storage`, the images come from that pre-resized store, which must have been written.
     """
     spec = get(name)
     data_builder = prepare(
@@ -211,6 +236,14 @@ def open_splits(
     )
     sources = _sources(data_builder)
     command = f"python -m lln_jax.prepare {name} --data_dir={data_builder.data_dir_root}"
+    if storage is not None:
+        store_command = f"{command} --image_size={storage.size} --storage={storage.encoding}"
+        sources = {
+            split: resized.open_split(
+                data_builder, storage, split, num_records=len(source), command=store_command
+            )
+            for split, source in sources.items()
+        }
     return tuple(
         input_pipeline.LabeledSource(
             sources[split],
