@@ -4,6 +4,8 @@ import io
 import json
 import pathlib
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -202,3 +204,39 @@ def test_a_wrong_storage_in_the_config_fails_before_the_data_is_opened():
     config.data.storage = "jpeg"
     with pytest.raises(config_checks.ConfigError, match=r"data\.storage='jpeg'; valid"):
         config_checks.check(config)
+
+
+def test_a_run_config_reads_the_store_it_names(data_dir):
+    from lln_jax import config_lib, train
+
+    config = config_lib.create_config(
+        "runlocal", dataset="formatted", optimizer="adam", learning_rate=1e-4,
+        recipes={"ll_r": {"delta_rel": 0.002}},
+    )  # fmt: skip
+    config.data.update(data_dir=data_dir, allow_unchecked_counts=True, image_size=SIZE)
+    config.data.storage = "raw"
+    with pytest.raises(resized.StoreError, match="no resized-24-raw store"):
+        train.create_splits(config.data)
+    datasets.write_resized("formatted", data_dir, image_storage.Storage(SIZE, "raw"))
+    splits = train.create_splits(config.data)
+    assert all(isinstance(s.source, resized.ResizedSource) for s in splits.values())
+
+
+@pytest.mark.slow
+def test_the_prepare_command_writes_a_store_and_refuses_a_bad_encoding(tmp_path):
+    manual, data_dir = _write_formatted(tmp_path / "manual"), tmp_path / "data"
+    command = [
+        sys.executable, "-m", "lln_jax.prepare", "formatted", f"--data_dir={data_dir}",
+        f"--manual_dir={manual}", "--nocheck_counts", f"--image_size={SIZE}",
+    ]  # fmt: skip
+    refused = subprocess.run([*command, "--storage=png"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "--storage=png: give jpeg<1..100> or raw" in refused.stderr
+    assert not data_dir.exists()  # Refused before anything was prepared.
+    done = subprocess.run([*command, "--storage=jpeg90"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resized-24-jpeg90 train: 10 images" in done.stderr
+    train, test = datasets.open_splits(
+        "formatted", str(data_dir), allow_unchecked_counts=True,
+        storage=image_storage.Storage(SIZE, "jpeg90"),
+    )  # fmt: skip
+    assert (len(train.source), len(test.source)) == (10, 4)
