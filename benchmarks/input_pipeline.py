@@ -2,9 +2,11 @@
 
 Writes real photographs (scikit-learn's two bundled sample photos, cropped, flipped and
 resized into COCO-like 640x480 JPEGs) as the official code's formatted files, prepares them
-with the `formatted` builder, and times (1) the per-image work on one core
-(`preprocessing.load_image`: decode, resize, flip), (2) the whole grain pipeline of training
-batches with 0 (in-process threads), 1 and 2 worker processes and (3) the official code's
+with the `formatted` builder, adds the pre-resized stores (`prepare --image_size=448`,
+`jpeg95` and `raw`), and times for each storage (1) the per-image work on one core
+(`preprocessing.load_image`: decode, resize where needed, flip), (2) the whole grain
+pipeline of training batches with 1 and 2 threads in the process, and with 1 and 2 worker
+processes of one thread each, and (3) the official code's
 input: a PyTorch `DataLoader` over the same JPEG files with PIL, `Resize((448, 448))`,
 `RandomHorizontalFlip`, `ToTensor` and `Normalize`, with the same numbers of workers (needs
 `pip install -e '.[bench]'`; skipped without torchvision).
@@ -25,7 +27,7 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from lln_jax import datasets, input_pipeline, preprocessing
+from lln_jax import datasets, image_storage, input_pipeline, preprocessing
 
 
 def write_photos(root: pathlib.Path, count: int, seed: int = 0) -> None:
@@ -106,6 +108,34 @@ def torch_rate(image_dir: pathlib.Path, *, size: int, batch_size: int, workers: 
     return count / (time.perf_counter() - start)
 
 
+def storage_rates(data_dir: pathlib.Path, encoding: str, args) -> dict:
+    """Bytes per image, the per-core rate and the pipeline's rates of one storage."""
+    storage = image_storage.parse(encoding, args.size)
+    entry = None
+    if storage is not None:
+        entry = datasets.write_resized("formatted", str(data_dir), storage, num_threads=2)
+    train, test = datasets.open_splits("formatted", str(data_dir), storage=storage)
+    splits = input_pipeline.create_splits(
+        train, test, label_setting="single_positive",
+        observed_seed=1200, split_seed=1200, val_frac=0.0,
+    )  # fmt: skip
+    encoded = [train.source[i]["image"] for i in range(len(train.source))]
+    rates = {
+        "bytes_per_image": statistics.mean(len(e) for e in encoded),
+        "per_core_images_per_s": per_core_rate(encoded[:128], args.size, repeats=3),
+        "pipeline_images_per_s": {},
+    }
+    if entry is not None:
+        assert entry["splits"]["train"]["count"] == len(encoded)
+    batches = args.images // args.batch_size - 1
+    for workers, threads in ((0, 1), (0, 2), (1, 1), (2, 1)):
+        rates["pipeline_images_per_s"][f"{threads} threads, {workers} workers"] = pipeline_rate(
+            splits["train"], size=args.size, batch_size=args.batch_size,
+            workers=workers, threads=threads, batches=batches,
+        )  # fmt: skip
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
@@ -119,27 +149,14 @@ def main() -> None:
         datasets.prepare(
             "formatted", str(root / "data"), manual_dir=str(root / "manual"), check_counts=False
         )
-        train, test = datasets.open_splits("formatted", str(root / "data"))
-        splits = input_pipeline.create_splits(
-            train, test, label_setting="single_positive",
-            observed_seed=1200, split_seed=1200, val_frac=0.0,
-        )  # fmt: skip
-        encoded = [train.source[i]["image"] for i in range(min(args.images, 128))]
         report = {
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "image": "640x480 JPEG (quality 90) of real photos",
             "output": f"{args.size}x{args.size} uint8, random flip",
-            "per_core_images_per_s": per_core_rate(encoded, args.size, repeats=3),
-            "pipeline_images_per_s": {},
+            "storage": {},
         }
-        batches = args.images // args.batch_size - 1
-        for workers, threads in ((0, 1), (0, 2), (1, 1), (2, 1)):
-            report["pipeline_images_per_s"][f"{threads} threads, {workers} workers"] = (
-                pipeline_rate(
-                    splits["train"], size=args.size, batch_size=args.batch_size,
-                    workers=workers, threads=threads, batches=batches,
-                )
-            )  # fmt: skip
+        for encoding in (image_storage.ORIGINAL, "jpeg95", "raw"):
+            report["storage"][encoding] = storage_rates(root / "data", encoding, args)
         try:
             import torchvision  # noqa: F401
         except ImportError:
@@ -154,10 +171,15 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"machine: {report['machine']}; {report['image']} -> {report['output']}")
-    print(f"one core, decode+resize+flip: {report['per_core_images_per_s']:.1f} images/s")
-    print("| lln_jax (grain): readers | images/s |\n|---|---|")
-    for setting, rate in report["pipeline_images_per_s"].items():
-        print(f"| {setting} | {rate:.1f} |")
+    settings = list(report["storage"][image_storage.ORIGINAL]["pipeline_images_per_s"])
+    print(f"| storage | bytes per image | one core, per image | {' | '.join(settings)} |")
+    print("|---" * (3 + len(settings)) + "|")
+    for encoding, rates in report["storage"].items():
+        pipeline = " | ".join(f"{rates['pipeline_images_per_s'][k]:.1f}" for k in settings)
+        print(
+            f"| {encoding} | {rates['bytes_per_image']:.0f} | "
+            f"{rates['per_core_images_per_s']:.1f} | {pipeline} |"
+        )
     print("\n| PyTorch DataLoader: num_workers | images/s |\n|---|---|")
     for workers, rate in report.get("pytorch_images_per_s", {}).items():
         print(f"| {workers} | {rate:.1f} |")

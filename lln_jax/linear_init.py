@@ -80,14 +80,16 @@ def extract_features(
     `load` is `batches`' keywords for an ordered pass (batch_size, image_size, threads).
     """
     num_batches = input_pipeline.steps_per_epoch(split.num_examples, load["batch_size"])
-    collected = []
+    features, ids = [], []
     for batch in input_pipeline.batches(
         split, seed=0, train=False, start=0, stop=num_batches, **load
     ):
         outputs = jit_features_fn(state, input_pipeline.to_global(batch, data_sharding))
         host = metrics.gather_to_host(outputs)
-        collected.append(host["features"][host["mask"] > 0])
-    return np.concatenate(collected)
+        features.append(host["features"][host["mask"] > 0])
+        ids.append(host["example_id"][host["mask"] > 0])
+    # The gathered rows follow the mesh's device order; the ids put them in split order.
+    return np.concatenate(features)[np.argsort(np.concatenate(ids), kind="stable")]
 
 
 def feature_batch(

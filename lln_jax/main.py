@@ -2,7 +2,8 @@
 
 Intentionally kept short: everything else is importable from `lln_jax.train`.
 Set `LLN_MULTIHOST=1` on every host of a multi-host run (a TPU pod finds its peers; elsewhere
-also `LLN_COORDINATOR=host:port`, `LLN_NUM_PROCESSES` and `LLN_PROCESS_ID`).
+also `LLN_COORDINATOR=host:port`, `LLN_NUM_PROCESSES` and `LLN_PROCESS_ID`: see
+`lln_jax/distributed.py`).
 
 Exit codes, for launchers:
   0   the run finished (or the workdir already held the finished run);
@@ -12,7 +13,6 @@ Exit codes, for launchers:
 """
 
 import logging as python_logging
-import os
 import shlex
 import signal
 import sys
@@ -59,41 +59,6 @@ def _check_config() -> None:
         _refuse(f"bad config: {error}")
 
 
-def _initialize_distributed(jax) -> None:
-    """JAX's multi-controller runtime, where `LLN_MULTIHOST=1` asks for it.
-
-    On Cloud TPU VMs and under Slurm, `jax.distributed.initialize()` finds its peers. Elsewhere
-    (GPU hosts, several processes on one machine) every process is given
-    `LLN_COORDINATOR=host:port` (process 0's address), `LLN_NUM_PROCESSES` and
-    `LLN_PROCESS_ID`. On CPUs the collectives between processes go through gloo. When a
-    process dies, the others fail after `LLN_HEARTBEAT_TIMEOUT_S` seconds (100).
-    """
-    if os.environ.get("LLN_MULTIHOST") != "1":
-        return
-    # Only the CPU backend reads this; accelerators keep their own collectives.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    # SIGTERM is ours (`stop_request`: a stop agreed between processes, after a checkpoint);
-    # JAX's preemption service would install a second, C-level owner of it.
-    jax.config.update("jax_enable_preemption_service", False)
-    # A process that stops answering (killed, its host lost) fails the others after this.
-    timeouts = {"heartbeat_timeout_seconds": int(os.environ.get("LLN_HEARTBEAT_TIMEOUT_S", "100"))}
-    coordinator = os.environ.get("LLN_COORDINATOR")
-    if coordinator is None:
-        jax.distributed.initialize(**timeouts)
-        return
-    try:
-        num_processes = int(os.environ["LLN_NUM_PROCESSES"])
-        process_id = int(os.environ["LLN_PROCESS_ID"])
-    except (KeyError, ValueError):
-        _refuse("LLN_COORDINATOR needs LLN_NUM_PROCESSES and LLN_PROCESS_ID (integers)")
-    jax.distributed.initialize(
-        coordinator_address=coordinator,
-        num_processes=num_processes,
-        process_id=process_id,
-        **timeouts,
-    )
-
-
 def _run(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -105,7 +70,12 @@ def _run(argv) -> None:
     tf.config.set_visible_devices([], "GPU")
     import jax
 
-    _initialize_distributed(jax)
+    from lln_jax import distributed
+
+    try:
+        distributed.initialize()
+    except distributed.DistributedSetupError as error:
+        _refuse(str(error))
     from lln_jax import stop_request, train, train_monitor, workdir, workdir_lock
 
     logging.info(

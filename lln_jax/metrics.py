@@ -99,9 +99,13 @@ def gather_to_host(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
+_COLLECTED = ("scores", "labels", "example_id", "mask")
+
+
 @flax.struct.dataclass
-class MeanAveragePrecision(clu_metrics.CollectingMetric.from_outputs(("scores", "labels", "mask"))):
-    """clu metric: collects `scores`, true `labels` and `mask` across steps; computes mAP.
+class MeanAveragePrecision(clu_metrics.CollectingMetric.from_outputs(_COLLECTED)):
+    """clu metric: collects `scores`, true `labels`, `example_id` and `mask` across steps;
+    computes mAP.
 
     Merge it on the host (outside jit), from outputs passed through `gather_to_host`.
     """
@@ -109,13 +113,18 @@ class MeanAveragePrecision(clu_metrics.CollectingMetric.from_outputs(("scores", 
     @classmethod
     def from_model_output(cls, **outputs) -> "MeanAveragePrecision":
         # Kept as numpy: clu's version makes device arrays of host data (a needless copy).
-        return cls({name: (np.asarray(outputs[name]),) for name in ("scores", "labels", "mask")})
+        return cls({name: (np.asarray(outputs[name]),) for name in _COLLECTED})
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The collected `scores` and `labels`, concatenated, padding rows removed."""
+        """The collected rows without padding, in example-id (split) order.
+
+        Rows arrive in the order of the gathered batches, which follows the mesh's devices;
+        sorting by id makes them line up with the split's own label matrices on any mesh.
+        """
         values = super().compute()
         keep = values["mask"] > 0
-        return {"scores": values["scores"][keep], "labels": values["labels"][keep]}
+        order = np.argsort(values["example_id"][keep], kind="stable")
+        return {name: values[name][keep][order] for name in ("scores", "labels", "example_id")}
 
     def compute(self) -> float:
         values = self.arrays()

@@ -82,19 +82,28 @@ def _selection_counts(modified: jax.Array, batch: Batch) -> dict[str, jax.Array]
 
 
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module) -> dict[str, Any]:
-    """Sigmoid scores, true labels and the padding mask of one eval batch."""
+    """Sigmoid scores, true labels, example ids and the padding mask of one eval batch.
+
+    The ids let the host put the rows back in split order: the gathered global batch is in
+    the mesh's device order, which on a pod need not keep each process's rows together.
+    """
     logits = model.apply(
         {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
     )
-    return {"scores": jax.nn.sigmoid(logits), "labels": batch["labels_true"], "mask": batch["mask"]}
+    return {
+        "scores": jax.nn.sigmoid(logits),
+        "labels": batch["labels_true"],
+        "example_id": batch["example_id"],
+        "mask": batch["mask"],
+    }
 
 
 def features_step(state: TrainState, batch: Batch, *, model: nn.Module) -> dict[str, Any]:
-    """Pooled backbone features (eval-mode BatchNorm) and the padding mask of one batch."""
+    """Pooled backbone features (eval-mode BatchNorm), example ids and the padding mask."""
     features = model.apply(
         {"params": state.params, "batch_stats": state.batch_stats},
         batch["image"],
         train=False,
         features_only=True,
     )
-    return {"features": features, "mask": batch["mask"]}
+    return {"features": features, "example_id": batch["example_id"], "mask": batch["mask"]}

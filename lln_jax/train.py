@@ -449,6 +449,28 @@ def _report_stored(results: dict[str, Any], workdir: str) -> None:
     )  # fmt: skip
 
 
+def _take_lease(lock: workdir_lock.WorkdirLock) -> None:
+    """Process 0 takes the workdir's lease; every process learns whether it was refused.
+
+    Without the agreement a refused process 0 exits while the others go on into the first
+    collective and wait there for the heartbeat timeout.
+    """
+    refusal = None
+    if jax.process_index() == 0:
+        try:
+            lock.acquire()
+        except workdir_lock.WorkdirLockedError as error:
+            refusal = error
+    if jax.process_count() > 1:
+        refused = multihost_utils.broadcast_one_to_all(np.int32(refusal is not None))
+        if refused and refusal is None:
+            refusal = workdir_lock.WorkdirLockedError(
+                f"{lock.path.parent} is in use by another run (process 0 says who)"
+            )
+    if refusal is not None:
+        raise refusal
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState | None:
     """Trains (or resumes) per `config` in `workdir`; tests the best-val model at the end.
 
@@ -471,8 +493,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         _report_stored(stored, workdir)
         return None
     lock = workdir_lock.WorkdirLock(workdir)
-    if jax.process_index() == 0:
-        lock.acquire()
+    _take_lease(lock)
     try:
         return _train_and_evaluate(config, workdir)
     finally:

@@ -76,3 +76,39 @@ def test_feature_batches_cover_every_example_once_per_epoch():
         seen.extend(batch["example_id"][batch["mask"] > 0].tolist())
         np.testing.assert_array_equal(batch["features"][:, 0], batch["example_id"])
     assert sorted(seen) == list(range(10))
+
+
+def test_features_come_back_in_split_order_whatever_the_device_order(monkeypatch):
+    """On a pod the gathered batch follows the mesh's devices, not the processes' slices:
+    here every gathered batch arrives reversed."""
+    from lln_jax import input_pipeline, sharding
+
+    num = 13
+    split = input_pipeline.Split(
+        source=None, rows=np.arange(num), labels_true=np.zeros((num, 2), np.int8),
+        labels_obs=np.zeros((num, 2), np.int8), name="train",
+    )  # fmt: skip
+
+    def reversed_features(state, batch):
+        del state
+        features = batch["example_id"].astype(np.float32)[:, None] * np.ones((1, 3), np.float32)
+        outputs = {"features": features, "example_id": batch["example_id"], "mask": batch["mask"]}
+        return jax.tree.map(lambda x: x[::-1], outputs)
+
+    def labels_only(index):  # The pipeline's batches, without images (none are needed).
+        ids, mask, _ = loader.positions(index)
+        return {"example_id": ids.astype(np.int32), "mask": mask}
+
+    loader = input_pipeline._BatchLoader(
+        split, batch_size=4, image_size=8, seed=0, train=False, process_index=0, process_count=1
+    )
+    monkeypatch.setattr(
+        input_pipeline,
+        "batches",
+        lambda split, *, start, stop, **_: map(labels_only, range(start, stop)),
+    )
+    features = linear_init.extract_features(
+        reversed_features, None, split, batch_size=4,
+        data_sharding=sharding.data_sharding(sharding.create_mesh(jax.devices()[:1])),
+    )  # fmt: skip
+    np.testing.assert_array_equal(features[:, 0], np.arange(num))

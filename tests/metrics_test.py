@@ -61,16 +61,37 @@ def test_clu_metric_gathers_across_steps_like_the_whole_split():
     padded_scores = np.concatenate([scores, rng.random((6, 4)).astype(np.float32)])
     padded_labels = np.concatenate([labels, np.ones((6, 4), np.int32)])
     mask = np.r_[np.ones(10), np.zeros(6)]
+    ids = np.r_[np.arange(10), np.zeros(6, int)]  # Padding repeats a real id.
     metric = metrics.MeanAveragePrecision.empty()
     for rows in (slice(0, 8), slice(8, 16)):
         outputs = {
             "scores": jnp.asarray(padded_scores[rows]),
             "labels": jnp.asarray(padded_labels[rows]),
+            "example_id": jnp.asarray(ids[rows]),
             "mask": jnp.asarray(mask[rows]),
         }
         update = metrics.MeanAveragePrecision.from_model_output(**metrics.gather_to_host(outputs))
         metric = metric.merge(update)
     assert metric.compute() == pytest.approx(metrics.mean_average_precision(scores, labels))
+
+
+def test_collected_rows_come_back_in_split_order_whatever_the_device_order():
+    """On a pod the gathered batch follows the mesh's devices, not the processes' slices."""
+    rng = np.random.default_rng(1)
+    scores = rng.random((12, 3)).astype(np.float32)
+    labels = (rng.random((12, 3)) < 0.5).astype(np.int32)
+    ids = np.arange(12)
+    # Two batches of 6, each gathered with its halves swapped (process 1's devices first).
+    metric = metrics.MeanAveragePrecision.empty()
+    for batch in (np.r_[3:6, 0:3], np.r_[9:12, 6:9]):
+        update = metrics.MeanAveragePrecision.from_model_output(
+            scores=scores[batch], labels=labels[batch], example_id=ids[batch], mask=np.ones(6)
+        )
+        metric = metric.merge(update)
+    arrays = metric.arrays()
+    np.testing.assert_array_equal(arrays["example_id"], ids)
+    np.testing.assert_array_equal(arrays["scores"], scores)  # Pairs with split-order labels.
+    np.testing.assert_array_equal(arrays["labels"], labels)
 
 
 def test_selection_precision_and_recall():
