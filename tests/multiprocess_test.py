@@ -180,8 +180,9 @@ def test_best_then_latest_saves_at_one_step_never_collide_between_processes(tmp_
 
 
 @pytest.mark.slow
-def test_a_workdir_in_use_refuses_every_process_at_once(tmp_path):
-    """Process 0 holds the lease question for all: the others must not go on and hang."""
+def test_a_workdir_in_use_or_of_another_config_refuses_every_process_at_once(tmp_path):
+    """Process 0 holds the lease for all, and every process checks the config: no process
+    may go on alone into a collective and hang there."""
     workdir = tmp_path / "work"
     workdir.mkdir()
     lease = {"host": socket.gethostname(), "pid": os.getpid(), "token": "live-owner",
@@ -194,3 +195,11 @@ def test_a_workdir_in_use_refuses_every_process_at_once(tmp_path):
     assert time.time() - started < 90  # Well before the 100 s heartbeat would end a hang.
     assert f"in use by pid {os.getpid()}" in (tmp_path / "p0.log").read_text()
     assert "in use by another run (process 0 says who)" in (tmp_path / "p1.log").read_text()
+    (workdir / "lock.json").unlink()
+    (workdir / "config.json").write_text(json.dumps({"seed": 7}))  # Another run's config.
+    started = time.time()
+    processes = _start_two(tmp_path / "tfds", workdir, tmp_path, _free_port())
+    assert [process.wait(timeout=300) for process in processes] == [2, 2]
+    assert time.time() - started < 90
+    for index in range(2):
+        assert "holds a run of a different config" in (tmp_path / f"p{index}.log").read_text()
