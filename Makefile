@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: demo test test-slow lint format clean
 
@@ -11,6 +12,11 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The slow tier also checks the trainer against its PyTorch twin (torch, torchvision).
+$(BENCH_STAMP): $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
 # Trains and evaluates on the embedded benchmark (a few minutes on a CPU; no download).
 demo: $(STAMP)
 	$(VENV)/bin/python -m lln_jax.main --config=configs/digits.py --workdir=runs/demo
@@ -18,7 +24,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
-test-slow: $(STAMP)
+test-slow: $(BENCH_STAMP)
 	$(VENV)/bin/python -m pytest -m slow
 
 lint: $(STAMP)

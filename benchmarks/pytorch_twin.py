@@ -252,6 +252,7 @@ def compare_steps(
         "max_abs_param_difference": max(jax.tree.leaves(differences["params"])),
         "max_abs_param": max(jax.tree.leaves(scales["params"])),
         "max_abs_running_stat_difference": max(jax.tree.leaves(differences["batch_stats"])),
+        "max_abs_running_stat": max(jax.tree.leaves(scales["batch_stats"])),
     }
     if scheme == "ll_cp":
         corrected = np.asarray(jax.device_get(state.scheme_state.corrected))
@@ -350,16 +351,19 @@ def main() -> None:
         ]
         report = {"machine": _machine(), "steps": args.steps, "schemes": results}
         print("| scheme | steps | max relative loss difference | selected (equal per step) "
-              "| max abs param difference (largest param) | LL-Cp corrections equal |")  # fmt: skip
-        print("|---|---|---|---|---|---|")
+              "| max abs param difference (largest param) | max abs running-stat difference "
+              "(largest) | LL-Cp corrections equal |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
         for result in results:
             summary = summarize_steps(result)
             result["summary"] = summary
+            stats = result["max_abs_running_stat_difference"], result["max_abs_running_stat"]
             print(
                 f"| {result['scheme']} | {len(result['steps'])} | "
                 f"{summary['max_relative_loss_difference']:.2e} | {summary['selected_total']} "
                 f"({summary['selected_equal']}) | {result['max_abs_param_difference']:.2e} "
-                f"({result['max_abs_param']:.2f}) | {result.get('corrections_equal', '-')} |"
+                f"({result['max_abs_param']:.2f}) | {stats[0]:.2e} ({stats[1]:.2f}) | "
+                f"{result.get('corrections_equal', '-')} |"
             )
     else:
         seeds = [int(s) for s in args.seeds.split(",")]
