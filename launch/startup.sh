@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Startup script of a queued resource's workers: at every boot (the first one, and after a
+# re-creation following a preemption) fetch the source, set up, and start the run, which
+# resumes from its gs:// workdir. Reads `lln-bucket` and `lln-name` from the metadata.
+set -euo pipefail
+
+metadata() {
+  curl -sf -H 'Metadata-Flavor: Google' \
+    "http://metadata.google.internal/computeMetadata/v1/instance/attributes/$1"
+}
+BUCKET="$(metadata lln-bucket)"
+NAME="$(metadata lln-name)"
+export HOME=/root
+exec >> /var/log/lln_jax-startup.log 2>&1
+gcloud storage cp "${BUCKET}/launch/lln_jax.tar.gz" /tmp/lln_jax.tar.gz
+mkdir -p "${HOME}/lln_jax" && tar -xzf /tmp/lln_jax.tar.gz -C "${HOME}/lln_jax"
+bash "${HOME}/lln_jax/launch/setup.sh" tpu
+bash "${HOME}/lln_jax/launch/run_worker.sh" "${BUCKET}/launch/${NAME}/run.args"

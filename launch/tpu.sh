@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# lln_jax on Cloud TPU VMs: create, set up, prepare data, run, watch, recover, delete.
+#
+#   launch/tpu.sh COMMAND [--dry-run] [options] [-- lln_jax.main flags]
+#
+# Commands:
+#   create   a TPU VM (or, with --queued, a queued resource whose startup script sets up
+#            and runs by itself), and upload this checkout to the bucket
+#   setup    install the project on every worker (idempotent: venv, jax[tpu], the package)
+#   prepare  on a CPU VM with a large disk: download a data set, prepare it into
+#            gs://BUCKET/tfds (with --image_size, also pre-resized), convert the ImageNet
+#            weights to gs://BUCKET/weights; the CPU VM is deleted afterwards
+#   run      start --config on every worker (LLN_MULTIHOST=1), logs in ~/lln_logs/
+#   status   the TPU's state and the last lines of every worker's log
+#   recover  after a preemption: delete, re-create, set up and re-run the same command;
+#            the run resumes from its gs:// workdir
+#   delete   delete the TPU VM or the queued resource
+#
+# Options (defaults in brackets):
+#   --name NAME [lln]            --zone ZONE [us-central2-b]
+#   --accelerator TYPE [v4-8]    --version RUNTIME [tpu-ubuntu2204-base]
+#   --pricing spot|on-demand|reserved [on-demand]
+#   --queued                     use a queued resource (create, recover, status, delete)
+#   --bucket gs://BUCKET         where the source, data, weights and runs go (required)
+#   --config ARG                 e.g. configs/coco.py:scheme=ll_r (run, create --queued)
+#   --workdir gs://...           [BUCKET/runs/NAME]
+#   --dataset NAME --image_size N   (prepare)
+#   --dry-run                    print the exact commands instead of running them
+#   -- FLAGS...                  more flags of lln_jax.main (run, create --queued, recover),
+#                                e.g. -- --config.data.storage=jpeg95
+set -euo pipefail
+
+usage() {
+  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+  exit "${1:-0}"
+}
+
+die() { echo "tpu.sh: $*" >&2; exit 2; }
+
+COMMAND="${1:-}"
+[[ -z "${COMMAND}" || "${COMMAND}" == -h || "${COMMAND}" == --help ]] && usage 0
+shift
+NAME=lln ZONE=us-central2-b ACCELERATOR=v4-8 VERSION=tpu-ubuntu2204-base PRICING=on-demand
+QUEUED=0 BUCKET="" CONFIG="" WORKDIR="" DATASET="" IMAGE_SIZE="" DRY_RUN=0 EXTRA=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --name) NAME="$2"; shift 2 ;;
+    --zone) ZONE="$2"; shift 2 ;;
+    --accelerator) ACCELERATOR="$2"; shift 2 ;;
+    --version) VERSION="$2"; shift 2 ;;
+    --pricing) PRICING="$2"; shift 2 ;;
+    --queued) QUEUED=1; shift ;;
+    --bucket) BUCKET="${2%/}"; shift 2 ;;
+    --config) CONFIG="$2"; shift 2 ;;
+    --workdir) WORKDIR="$2"; shift 2 ;;
+    --dataset) DATASET="$2"; shift 2 ;;
+    --image_size) IMAGE_SIZE="$2"; shift 2 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --) shift; EXTRA=("$@"); break ;;
+    *) echo "tpu.sh: unknown option $1" >&2; usage 2 ;;
+  esac
+done
+for word in "${EXTRA[@]}"; do
+  [[ "${word}" != --dry-run ]] || die "--dry-run goes before --, not among lln_jax.main's flags"
+done
+WORKDIR="${WORKDIR:-${BUCKET}/runs/${NAME}}"
+SOURCE="${BUCKET}/launch/lln_jax.tar.gz"
+RUN_ARGS="${BUCKET}/launch/${NAME}/run.args"
+
+need() { for var in "$@"; do [[ -n "${!var}" ]] || die "${COMMAND} needs --${var,,}"; done; }
+
+# One shell word, single-quoted where it needs quoting.
+quote() {
+  if [[ "$1" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
+    printf '%s' "$1"
+  else
+    printf "'%s'" "${1//\'/\'\\\'\'}"
+  fi
+}
+
+# Prints a command as one copy-pasteable line; runs it unless --dry-run.
+step() {
+  printf '+'
+  for word in "$@"; do printf ' '; quote "${word}"; done
+  printf '\n'
+  if [[ "${DRY_RUN}" == 0 ]]; then "$@"; fi
+}
+
+case "${PRICING}" in
+  spot|on-demand|reserved) ;;
+  *) die "--pricing must be spot, on-demand or reserved, not ${PRICING}" ;;
+esac
+
+pricing_flags() {
+  case "${PRICING}" in
+    spot) echo --spot ;;
+    reserved) echo --reserved ;;
+  esac
+}
+
+# The command line of one worker: the same on every worker (JAX finds its peers).
+main_args() {
+  local word
+  for word in --config="${CONFIG}" --workdir="${WORKDIR}" \
+      --config.data.data_dir="${BUCKET}/tfds" \
+      --config.init_from="${BUCKET}/weights/resnet50_imagenet1k_v1.npz" "${EXTRA[@]}"; do
+    quote "${word}"; printf ' '
+  done
+}
+
+upload_source() {
+  echo "+ git archive --format=tar.gz HEAD | gcloud storage cp - ${SOURCE}"
+  if [[ "${DRY_RUN}" == 0 ]]; then
+    git -C "$(dirname "$0")/.." archive --format=tar.gz HEAD | gcloud storage cp - "${SOURCE}"
+  fi
+}
+
+upload_run_args() {
+  echo "+ echo $(main_args)| gcloud storage cp - ${RUN_ARGS}"
+  if [[ "${DRY_RUN}" == 0 ]]; then main_args | gcloud storage cp - "${RUN_ARGS}"; fi
+}
+
+on_workers() {
+  step gcloud compute tpus tpu-vm ssh "${NAME}" --zone="${ZONE}" --worker=all --command="$1"
+}
+
+create() {
+  need BUCKET
+  upload_source
+  local flags
+  read -r -a flags <<< "$(pricing_flags)"
+  if [[ "${QUEUED}" == 1 ]]; then
+    need CONFIG
+    upload_run_args
+    step gcloud compute tpus queued-resources create "${NAME}" --node-id="${NAME}" \
+      --zone="${ZONE}" --accelerator-type="${ACCELERATOR}" --runtime-version="${VERSION}" \
+      "${flags[@]}" --metadata-from-file=startup-script="$(dirname "$0")/startup.sh" \
+      --metadata=lln-bucket="${BUCKET}",lln-name="${NAME}"
+  else
+    step gcloud compute tpus tpu-vm create "${NAME}" --zone="${ZONE}" \
+      --accelerator-type="${ACCELERATOR}" --version="${VERSION}" "${flags[@]}"
+  fi
+}
+
+setup() {
+  need BUCKET
+  on_workers "gcloud storage cp ${SOURCE} /tmp/lln_jax.tar.gz && mkdir -p ~/lln_jax \
+&& tar -xzf /tmp/lln_jax.tar.gz -C ~/lln_jax && bash ~/lln_jax/launch/setup.sh tpu"
+}
+
+prepare() {
+  need BUCKET DATASET
+  local vm="${NAME}-prepare"
+  upload_source
+  step gcloud compute instances create "${vm}" --zone="${ZONE}" --machine-type=n2-standard-16 \
+    --boot-disk-size=1000GB --image-family=ubuntu-2204-lts --image-project=ubuntu-os-cloud \
+    --scopes=cloud-platform
+  step gcloud compute ssh "${vm}" --zone="${ZONE}" --command="gcloud storage cp ${SOURCE} \
+/tmp/lln_jax.tar.gz && mkdir -p ~/lln_jax && tar -xzf /tmp/lln_jax.tar.gz -C ~/lln_jax \
+&& bash ~/lln_jax/launch/setup.sh cpu && bash ~/lln_jax/launch/prepare_data.sh ${DATASET} \
+${BUCKET} ${IMAGE_SIZE}"
+  step gcloud compute instances delete "${vm}" --zone="${ZONE}" --quiet
+}
+
+run() {
+  need BUCKET CONFIG
+  upload_run_args
+  on_workers "bash ~/lln_jax/launch/run_worker.sh ${RUN_ARGS}"
+}
+
+status() {
+  if [[ "${QUEUED}" == 1 ]]; then
+    step gcloud compute tpus queued-resources describe "${NAME}" --zone="${ZONE}" \
+      --format="value(state.state)"
+  fi
+  step gcloud compute tpus tpu-vm describe "${NAME}" --zone="${ZONE}" \
+    --format="value(state,health)"
+  on_workers "tail -n 5 ~/lln_logs/*.log /var/log/lln_jax*.log 2>/dev/null || true"
+}
+
+delete() {
+  if [[ "${QUEUED}" == 1 ]]; then
+    step gcloud compute tpus queued-resources delete "${NAME}" --zone="${ZONE}" --force --quiet
+  else
+    step gcloud compute tpus tpu-vm delete "${NAME}" --zone="${ZONE}" --quiet
+  fi
+}
+
+recover() {
+  need BUCKET CONFIG
+  delete
+  create
+  if [[ "${QUEUED}" == 0 ]]; then
+    setup
+    run
+  fi
+}
+
+case "${COMMAND}" in
+  create|setup|prepare|run|status|recover|delete) "${COMMAND}" ;;
+  *) echo "tpu.sh: unknown command ${COMMAND}" >&2; usage 2 ;;
+esac

