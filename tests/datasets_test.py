@@ -402,3 +402,16 @@ def test_data_prepared_before_label_files_is_refused_then_upgraded_by_prepare(tm
     assert upgraded["counts_checked"] is False  # The upgrade keeps what the record said.
     train_split, _ = datasets.open_splits("cub", str(data_dir), allow_unchecked_counts=True)
     np.testing.assert_array_equal(train_split.labels["labels"], train_expected)
+
+
+def test_a_manual_dir_on_gs_is_read_through_the_path_layer(tmp_path, fake_gcs):
+    """The official files may sit in a bucket: every read goes through etils.epath."""
+    manual = fake_gcs / "bucket" / "manual"
+    manual.mkdir(parents=True)
+    _, train_labels, observed = _write_formatted(manual)
+    data_dir = str(tmp_path / "data")
+    datasets.prepare("nuswide", data_dir, manual_dir="gs://bucket/manual", check_counts=False)
+    train_split, _ = datasets.open_splits("nuswide", data_dir, allow_unchecked_counts=True)
+    np.testing.assert_array_equal(train_split.labels["labels"], train_labels)
+    np.testing.assert_array_equal(train_split.labels["labels_obs"], observed)
+    assert not (tmp_path / "gs:").exists()  # Nothing went to a local directory named gs:.

@@ -7,7 +7,6 @@ prepared with `check_counts=False` can then never pass for the full data set, an
 starts from the label files without reading an image.
 """
 
-import pathlib
 from typing import Any, NamedTuple
 
 import tensorflow_datasets as tfds
@@ -183,7 +182,7 @@ def prepare(
             f"{spec.builder_cls.MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
     if spec.needs_download:
-        data_builder.check_manual_dir(pathlib.Path(manual_dir))
+        data_builder.check_manual_dir(epath.Path(manual_dir))
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
         data_builder.download_and_prepare(download_config=download_config)
     else:

@@ -8,7 +8,8 @@ and val), test is `val2014` (40,137).
 """
 
 import json
-import pathlib
+
+from etils import epath
 
 from lln_jax.datasets import manual
 
@@ -35,9 +36,9 @@ class Coco2014(manual.ManualBuilder):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._categories_seen: tuple[pathlib.Path, list] | None = None
+        self._categories_seen: tuple[epath.Path, list] | None = None
 
-    def _check_categories(self, path: pathlib.Path, categories: list) -> None:
+    def _check_categories(self, path: epath.Path, categories: list) -> None:
         """The class index is a position in the category list: every split must agree."""
         if len(categories) != NUM_CATEGORIES:
             raise ValueError(f"{path}: {len(categories)} categories, expected {NUM_CATEGORIES}")
@@ -51,7 +52,7 @@ class Coco2014(manual.ManualBuilder):
                 "position in that list, so both files must come from the same COCO release"
             )
 
-    def read_split(self, root: pathlib.Path, source_split: str) -> manual.Rows:
+    def read_split(self, root: epath.Path, source_split: str) -> manual.Rows:
         path = root / "annotations" / f"instances_{source_split}.json"
         instances = json.loads(path.read_text())
         self._check_categories(path, instances["categories"])

@@ -6,14 +6,13 @@ the split, rows in image-id order. Train is the official train split (5,994 imag
 into train and val), test the official test split (5,794).
 """
 
-import pathlib
-
 import numpy as np
+from etils import epath
 
 from lln_jax.datasets import manual
 
 NUM_ATTRIBUTES = 312
-ROOT = pathlib.Path("CUB_200_2011")
+ROOT = epath.Path("CUB_200_2011")
 
 
 class Cub(manual.ManualBuilder):
@@ -34,7 +33,7 @@ class Cub(manual.ManualBuilder):
         "train_test_split.txt,attributes/image_attribute_labels.txt,images/}."
     )
 
-    def read_split(self, root: pathlib.Path, source_split: str) -> manual.Rows:
+    def read_split(self, root: epath.Path, source_split: str) -> manual.Rows:
         base = root / ROOT
         paths = dict(_pairs(base / "images.txt"))
         is_train = dict(_pairs(base / "train_test_split.txt"))
@@ -52,6 +51,6 @@ class Cub(manual.ManualBuilder):
         return list(zip(images, labels, strict=True))
 
 
-def _pairs(path: pathlib.Path) -> list[tuple[str, str]]:
+def _pairs(path: epath.Path) -> list[tuple[str, str]]:
     """`<id> <value>` lines -> pairs of strings."""
     return [tuple(line.split(maxsplit=1)) for line in path.read_text().splitlines() if line.strip()]

@@ -8,10 +8,11 @@ instead of sampling them). `train` is cut into train and val; `val` is the test 
 Anyone who already has these files uses them as they are.
 """
 
-import pathlib
+import io
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from lln_jax.datasets import manual
 
@@ -41,9 +42,9 @@ class Formatted(manual.ManualBuilder):
         features["labels_obs"] = tfds.features.Tensor(shape=(self.NUM_CLASSES,), dtype=np.int8)
         return features
 
-    def read_split(self, root: pathlib.Path, source_split: str) -> manual.Rows:
-        names = np.load(root / f"formatted_{source_split}_images.npy", allow_pickle=False)
-        labels = np.load(root / f"formatted_{source_split}_labels.npy", allow_pickle=False)
+    def read_split(self, root: epath.Path, source_split: str) -> manual.Rows:
+        names = _load_npy(root / f"formatted_{source_split}_images.npy")
+        labels = _load_npy(root / f"formatted_{source_split}_labels.npy")
         if len(names) != len(labels) or labels.ndim != 2:
             raise ValueError(
                 f"{self.name} {source_split}: {len(names)} image names but labels of shape "
@@ -59,11 +60,11 @@ class Formatted(manual.ManualBuilder):
     def extra(self, source_split: str, row: int) -> dict:
         return {"labels_obs": self._observed[source_split][row]}
 
-    def _read_observed(self, root: pathlib.Path, source_split: str, shape) -> np.ndarray:
+    def _read_observed(self, root: epath.Path, source_split: str, shape) -> np.ndarray:
         path = root / f"formatted_{source_split}_labels_obs.npy"
         if not path.exists():
             return np.zeros(shape, np.int8)
-        observed = np.load(path, allow_pickle=False)
+        observed = _load_npy(path)
         if observed.shape != shape or not np.isin(observed, (-1, 0, 1)).all():
             raise ValueError(f"{path}: must be {shape} in {{-1, 0, 1}}, got {observed.shape}")
         return observed.astype(np.int8)
@@ -80,3 +81,8 @@ class NusWide(Formatted):
         "https://github.com/elijahcole/single-positive-multi-label, put the .npy files in "
         "the manual dir and the images under its images/ folder."
     )
+
+
+def _load_npy(path: epath.Path) -> np.ndarray:
+    """A `.npy` file through epath (a local path or a `gs://` one)."""
+    return np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)

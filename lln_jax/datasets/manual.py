@@ -9,16 +9,16 @@ only when every split is complete, so a failed preparation never looks finished.
 """
 
 import abc
-import pathlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 
 from lln_jax import preprocessing
 
-Rows = list[tuple[pathlib.Path, np.ndarray]]
+Rows = list[tuple[epath.Path, np.ndarray]]
 
 
 class ManualBuilder(tfds.core.GeneratorBasedBuilder):
@@ -44,7 +44,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     @abc.abstractmethod
-    def read_split(self, root: pathlib.Path, source_split: str) -> Rows:
+    def read_split(self, root: epath.Path, source_split: str) -> Rows:
         """`(image path, [C] label vector in {0, 1})` rows in the official row order."""
 
     def _features(self) -> dict:
@@ -62,7 +62,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
             disable_shuffling=True,  # Records stay in row order.
         )
 
-    def check_manual_dir(self, root: pathlib.Path) -> None:
+    def check_manual_dir(self, root: epath.Path) -> None:
         """Raises FileNotFoundError with the download instructions if a file is missing."""
         missing = [name for name in self.REQUIRED_FILES if not (root / name).exists()]
         if missing:
@@ -72,7 +72,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
             )
 
     def _split_generators(self, dl_manager):
-        root = pathlib.Path(dl_manager.manual_dir)
+        root = epath.Path(dl_manager.manual_dir)
         self.check_manual_dir(root)
         sources = self.SOURCE_SPLITS
         rows = {split: self.read_split(root, source) for split, source in sources.items()}
@@ -98,7 +98,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder):
         del source_split, row
         return {}
 
-    def _example(self, row: int, path: pathlib.Path, labels: np.ndarray) -> dict:
+    def _example(self, row: int, path: epath.Path, labels: np.ndarray) -> dict:
         try:
             encoded = path.read_bytes()
         except OSError as error:

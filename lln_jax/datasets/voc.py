@@ -7,7 +7,7 @@ a positive are dropped; rows are sorted by file name. Train is the official `tra
 (5,717 images, cut into train and val), test the official `val` split (5,823).
 """
 
-import pathlib
+from etils import epath
 
 from lln_jax.datasets import manual
 
@@ -16,7 +16,7 @@ CLASS_NAMES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
 )  # fmt: skip
-DEVKIT = pathlib.Path("VOCdevkit/VOC2012")
+DEVKIT = epath.Path("VOCdevkit/VOC2012")
 
 
 class Voc2012(manual.ManualBuilder):
@@ -36,7 +36,7 @@ class Voc2012(manual.ManualBuilder):
         "so that it holds VOCdevkit/VOC2012/{ImageSets,JPEGImages}."
     )
 
-    def read_split(self, root: pathlib.Path, source_split: str) -> manual.Rows:
+    def read_split(self, root: epath.Path, source_split: str) -> manual.Rows:
         positives: dict[str, list[int]] = {}
         for index, name in enumerate(CLASS_NAMES):
             path = root / DEVKIT / "ImageSets/Main" / f"{name}_{source_split}.txt"
