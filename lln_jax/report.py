@@ -67,10 +67,19 @@ def _read_json(path: epath.Path) -> dict[str, Any] | None:
 
 
 def find_runs(directories: Iterable[str]) -> list[Run]:
-    """The runs in `directories` (each a run dir, or a directory of run dirs)."""
+    """The runs in `directories` (each a run dir, or a directory of run dirs).
+
+    Raises:
+      NotADirectoryError: a path that is missing or not a directory (named).
+    """
     runs = []
     for directory in directories:
         root = epath.Path(directory)
+        if not root.is_dir():
+            raise NotADirectoryError(
+                f"{directory} is not a run dir or a directory of run dirs"
+                f"{'' if root.exists() else ' (it does not exist)'}"
+            )
         candidates = [root] if (root / "config.json").exists() else sorted(root.iterdir())
         for path in filter(lambda p: p.is_dir(), candidates):
             config = _read_json(path / "config.json")
@@ -205,7 +214,10 @@ def write_report(directories: Sequence[str], out: str) -> dict[str, Any]:
 def main(argv: Sequence[str]) -> None:
     if len(argv) < 2:
         raise app.UsageError("name one or more run dirs (or directories of run dirs)")
-    summary = write_report(argv[1:], flags.FLAGS.out)
+    try:
+        summary = write_report(argv[1:], flags.FLAGS.out)
+    except NotADirectoryError as error:
+        raise app.UsageError(str(error)) from error
     logging.info("\n%s", to_markdown(summary))
 
 

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 
 import pytest
 from etils import epath
@@ -76,3 +77,10 @@ def test_gs_run_dirs_and_output(runs, tmp_path, fake_gcs):
     assert summary["incomplete"][0]["path"] == "gs://bucket/runs/coco_ll_cp_crashed"
     assert (fake_gcs / "bucket" / "report" / "report.csv").exists()
     assert not (tmp_path / "gs:").exists()  # Nothing landed in a local directory named gs:.
+
+
+def test_a_path_that_is_not_a_directory_is_named(runs, tmp_path):
+    for path, why in ((runs / "notes.txt", ""), (runs / "missing", " (it does not exist)")):
+        message = re.escape(f"{path} is not a run dir or a directory of run dirs{why}")
+        with pytest.raises(NotADirectoryError, match=message):
+            report.write_report([str(runs / "coco_an_0"), str(path)], str(tmp_path / "out"))
