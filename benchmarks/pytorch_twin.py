@@ -43,9 +43,8 @@ from unittest import mock
 import jax
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional
-from torchvision.models import resnet as torchvision_resnet
+from torch_resnet import TorchResNet
 
 from lln_jax import input_pipeline, metrics, train
 from lln_jax.models import pretrained, resnet
@@ -68,45 +67,9 @@ def load_config(scheme: str, seed: int = 0, data_dir: str | None = None):
 # ----------------------------------------------------------------------------- the model
 
 
-class TwinResNet(nn.Module):
-    """torchvision's ResNet v1.5 with lln_jax's `resnet_small` stages (same module names)."""
-
-    def __init__(self, num_classes: int, shape=resnet.ResNetSmall.keywords):
-        super().__init__()
-        stem = shape.get("stem_width", 64)
-        self.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.stages, inplanes = [], stem
-        for index, (blocks, width) in enumerate(
-            zip(shape["stage_sizes"], shape["stage_widths"], strict=True)
-        ):
-            stride, layers = (1 if index == 0 else 2), []
-            for block in range(blocks):
-                downsample = None
-                if block == 0 and (stride != 1 or inplanes != width * 4):
-                    downsample = nn.Sequential(
-                        nn.Conv2d(inplanes, width * 4, 1, stride=stride, bias=False),
-                        nn.BatchNorm2d(width * 4),
-                    )
-                layers.append(
-                    torchvision_resnet.Bottleneck(
-                        inplanes, width, stride if block == 0 else 1, downsample
-                    )
-                )
-                inplanes = width * 4
-            setattr(self, f"layer{index + 1}", nn.Sequential(*layers))
-            self.stages.append(f"layer{index + 1}")
-        self.fc = nn.Linear(inplanes, num_classes)
-        for module in self.modules():  # torchvision's ResNet initialisation.
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(functional.relu(self.bn1(self.conv1(x))))
-        for stage in self.stages:
-            x = getattr(self, stage)(x)
-        return self.fc(x.mean(dim=(2, 3)))
+def twin_resnet(num_classes: int) -> TorchResNet:
+    """torchvision's ResNet v1.5 in the shape of lln_jax's `resnet_small`."""
+    return TorchResNet(num_classes, **resnet.ResNetSmall.keywords)
 
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -115,7 +78,7 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
 
 
-def jax_variables(model: TwinResNet) -> dict:
+def jax_variables(model: TorchResNet) -> dict:
     """The twin's weights and BatchNorm statistics, converted for lln_jax."""
     state_dict = {key: value.detach().numpy() for key, value in model.state_dict().items()}
     return pretrained.convert(state_dict)
@@ -160,7 +123,7 @@ def reference_loss(logits, labels_obs, scheme: str, rate: Fraction):
 class Twin:
     """The twin's model, Adam (the head at its multiplier) and LL-Cp's label table."""
 
-    def __init__(self, config, model: TwinResNet, labels_obs: np.ndarray, steps_per_epoch: int):
+    def __init__(self, config, model: TorchResNet, labels_obs: np.ndarray, steps_per_epoch: int):
         self.scheme, self.steps_per_epoch = config.scheme.name, steps_per_epoch
         self.image_size = config.data.image_size
         self.delta = Fraction(str(config.scheme.get("delta_rel", 0)))
@@ -220,7 +183,7 @@ def compare_steps(
     with tempfile.TemporaryDirectory() as workdir:
         run = train._Run(config, workdir)
         torch.manual_seed(seed)
-        twin_model = TwinResNet(run.num_classes)
+        twin_model = twin_resnet(run.num_classes)
         variables = jax.device_put(jax_variables(twin_model), run.replicated)
         state = run.init_state()
         start = run.steps_per_epoch  # Epoch 2: every large-loss scheme selects.
@@ -285,7 +248,7 @@ def train_twin(scheme: str, seed: int, data_dir: str) -> dict:
     data = config.data
     steps_per_epoch = input_pipeline.steps_per_epoch(splits["train"].num_examples, data.batch_size)
     torch.manual_seed(seed)
-    model = TwinResNet(splits["train"].labels_true.shape[1])
+    model = twin_resnet(splits["train"].labels_true.shape[1])
     twin = Twin(config, model, splits["train"].labels_obs, steps_per_epoch)
     best_val, best_epoch, best_state, val_maps = -1.0, 0, None, []
     batches = input_pipeline.batches(
@@ -333,7 +296,7 @@ def lln_jax_from_twin_weights(
         def init_state(run):
             state = original_init_state(run)
             torch.manual_seed(seed)  # As `train_twin` draws its model.
-            variables = jax.device_put(jax_variables(TwinResNet(run.num_classes)), run.replicated)
+            variables = jax.device_put(jax_variables(twin_resnet(run.num_classes)), run.replicated)
             return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
         with mock.patch.object(train._Run, "init_state", init_state):
@@ -373,7 +336,6 @@ def main() -> None:
     parser.add_argument("--data_dir", default=None, help="TFDS's default when unset")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     schemes = args.schemes.split(",")
     out = pathlib.Path(args.out or f"benchmarks/results/pytorch_twin_{args.mode}.json")
     if args.mode == "steps":
