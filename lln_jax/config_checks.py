@@ -6,11 +6,15 @@ second with one line instead of after the data is opened. Imports the registries
 Flax come with them), never TensorFlow or the data.
 """
 
+import inspect
 from typing import Any
 
 import ml_collections
 
-from lln_jax import image_storage, input_pipeline, models, schemes
+from lln_jax import image_storage, input_pipeline, models, optim, schemes
+
+# Keys of `config.optim` that every optimizer takes (`optim.create`'s own arguments).
+_OPTIM_COMMON = {"name", "learning_rate", "head_lr_multiplier", "scheme_lr_multiplier"}
 
 
 class ConfigError(ValueError):
@@ -98,9 +102,36 @@ def _scheme_errors(config) -> list[str | None]:
     return [f"scheme {name!r} takes {sorted(expected)}, the config gives {sorted(given)}"]
 
 
+def _optimizer_errors(config) -> list[str | None]:
+    """The optimizer's own keys against those its builder takes (an SGD run must not carry
+    Adam's `b1`: it would be ignored, or fail after the data is opened)."""
+    name = config.optim.name
+    if name not in optim.OPTIMIZERS:
+        return [_choice(config, "optim.name", optim.OPTIMIZERS)]
+    parameters = inspect.signature(optim.OPTIMIZERS[name]).parameters
+    expected = {key for key, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
+    given = set(config.optim) - _OPTIM_COMMON
+    if given == expected:
+        return []
+    return [f"optim.name={name!r} takes {sorted(expected)}, the config gives {sorted(given)}"]
+
+
+def _image_size_errors(config) -> list[str | None]:
+    if config.model.name not in models.MODELS or not isinstance(config.data.image_size, int):
+        return []  # Reported by `_choice_errors` or `_range_errors`.
+    stride = models.output_stride(config.model.name)
+    if config.data.image_size >= stride:
+        return []
+    return [
+        f"data.image_size={config.data.image_size} is smaller than {config.model.name}'s "
+        f"output stride {stride}: its last feature map would not see a whole cell"
+    ]
+
+
 def check(config: ml_collections.ConfigDict) -> None:
     """Raises `ConfigError` listing every bad value of `config` at once."""
     errors = [e for e in (*_range_errors(config), *_choice_errors(config)) if e]
-    errors += [e for e in _scheme_errors(config) if e]
+    errors += [e for e in (*_scheme_errors(config), *_optimizer_errors(config)) if e]
+    errors += [e for e in _image_size_errors(config) if e]
     if errors:
         raise ConfigError("; ".join(errors))

@@ -73,17 +73,26 @@ def head_step(
 
 
 def extract_features(
-    jit_features_fn: Callable, state: Any, split: input_pipeline.Split, *, data_sharding, **load
+    jit_features_fn: Callable,
+    state: Any,
+    split: input_pipeline.Split,
+    *,
+    data_sharding,
+    check_stop: Callable[[int], None],
+    **load,
 ) -> np.ndarray:
     """`[N, D]` pooled features of a whole split in row order, on every host.
 
-    `load` is `batches`' keywords for an ordered pass (batch_size, image_size, threads).
+    `check_stop(batch_index)` runs before every batch and raises to stop the pass (a stop
+    request: the features are not saved, a rerun computes them again). `load` is
+    `batches`' keywords for an ordered pass (batch_size, image_size, threads).
     """
     num_batches = input_pipeline.steps_per_epoch(split.num_examples, load["batch_size"])
     features, ids = [], []
-    for batch in input_pipeline.batches(
-        split, seed=0, train=False, start=0, stop=num_batches, **load
+    for index, batch in enumerate(
+        input_pipeline.batches(split, seed=0, train=False, start=0, stop=num_batches, **load)
     ):
+        check_stop(index + 1)
         outputs = jit_features_fn(state, input_pipeline.to_global(batch, data_sharding))
         host = metrics.gather_to_host(outputs)
         features.append(host["features"][host["mask"] > 0])

@@ -9,7 +9,8 @@ Exit codes, for launchers:
   0   the run finished (or the workdir already held the finished run);
   1   the run failed (a traceback, or a non-finite loss: see the message);
   2   the config or the workdir refused the run before it started (one line says why);
-  75  SIGTERM or SIGINT stopped it after a checkpoint: rerun the same command to resume.
+  75  SIGTERM or SIGINT stopped it after a checkpoint: rerun the same command to resume;
+      or another run took the workdir's lease over (this one stalled): nothing was saved.
 """
 
 import logging as python_logging
@@ -59,11 +60,26 @@ def _check_config() -> None:
         _refuse(f"bad config: {error}")
 
 
+def _check_paths() -> None:
+    """The workdir and the weights file, before TensorFlow, the data or the model load."""
+    from lln_jax import workdir
+    from lln_jax.models import pretrained
+
+    try:
+        workdir.check_usable(FLAGS.workdir)
+        workdir.check_config_file(FLAGS.config, FLAGS.workdir)
+        if FLAGS.config.init_from:
+            pretrained.check_file(FLAGS.config.init_from)
+    except ValueError as error:  # WorkdirError, ConfigMismatchError and the weights' own.
+        _refuse(str(error))
+
+
 def _run(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_quiet_orbax)
     _check_config()
+    _check_paths()
     # TensorFlow (TFDS, the metric writers) must never take the accelerator.
     import tensorflow as tf
 
@@ -76,7 +92,7 @@ def _run(argv) -> None:
         distributed.initialize()
     except distributed.DistributedSetupError as error:
         _refuse(str(error))
-    from lln_jax import stop_request, train, train_monitor, workdir, workdir_lock
+    from lln_jax import checkpointing, stop_request, train, train_monitor, workdir, workdir_lock
 
     logging.info(
         "process %d of %d, %d local devices of %d (%s)",
@@ -85,11 +101,14 @@ def _run(argv) -> None:
     )  # fmt: skip
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (workdir.ConfigMismatchError, workdir_lock.WorkdirLockedError) as error:
+    except (workdir.WorkdirError, workdir_lock.WorkdirLockedError) as error:
         _refuse(str(error))
-    except train_monitor.NonFiniteLossError as error:
+    except (train_monitor.NonFiniteLossError, checkpointing.SaveError) as error:
         sys.stderr.write(f"lln_jax.main: {error}\n")
         sys.exit(EXIT_FAILED)
+    except workdir_lock.LeaseLostError as error:
+        sys.stderr.write(f"lln_jax.main: {error}\n")
+        sys.exit(EXIT_INTERRUPTED)
     except stop_request.RunInterruptedError as error:
         # The state is saved: a late signal (the other hosts of a pod get theirs seconds
         # apart) is ignored, where Python's shutdown would restore its fatal default.

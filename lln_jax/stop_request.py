@@ -4,6 +4,9 @@ A preemption (SIGTERM from a TPU maintenance event or a spot reclaim) or Ctrl-C 
 lose the work since the last save; the loop asks `agreed` at every step boundary. With
 several processes the stop must be agreed: the signal reaches the hosts of a pod seconds
 apart, and a process that stops alone leaves the others waiting in a collective.
+
+A lost workdir lease (another run took it over while this one stalled) stops the run the
+same way, but at once and without a save: `agreed` raises `LeaseLostError`.
 """
 
 import signal
@@ -14,15 +17,19 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from lln_jax.workdir_lock import LeaseLostError, WorkdirLock
+
 
 class RunInterruptedError(Exception):
     """A signal stopped the run after a checkpoint at a step boundary; rerun to resume."""
 
-    def __init__(self, signal_name: str, step: int, total_steps: int, workdir: str):
-        super().__init__(
-            f"{signal_name}: stopped at step {step} of {total_steps}; the checkpoint of step "
-            f"{step} is in {workdir}/checkpoints/latest"
+    def __init__(self, signal_name: str, step: int, total_steps: int, checkpoint_dir: str | None):
+        saved = (
+            f"the checkpoint of step {step} is in {checkpoint_dir}"
+            if checkpoint_dir is not None
+            else "nothing of this phase needed saving"
         )
+        super().__init__(f"{signal_name}: stopped at step {step} of {total_steps}; {saved}")
         self.step = step
 
 
@@ -32,8 +39,9 @@ class StopRequest:
     A second SIGINT (Ctrl-C twice) stops at once, as Python does by default.
     """
 
-    def __init__(self):
+    def __init__(self, lease: WorkdirLock | None = None):
         self.signal_name: str | None = None
+        self._lease = lease  # Held by process 0 only.
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._request)
             signal.signal(signal.SIGINT, self._request)
@@ -55,14 +63,23 @@ class StopRequest:
         """Whether every process stops at this step boundary.
 
         One process decides alone, at every step. Several compare their requests every
-        `every` steps (an all-gather of one flag, no more often than the loop logs) and
+        `every` steps (an all-gather of two flags, no more often than the loop logs) and
         once more when `final` (after the last step), so that all stop at the same step.
+
+        Raises:
+          LeaseLostError: on every process, when process 0's lease was taken over.
         """
+        lost = self._lease is not None and self._lease.lost
         if jax.process_count() == 1:
+            if lost:
+                raise LeaseLostError(f"{self._lease.path}: taken over by another run")
             return self.requested
         if step % every and not final:
             return False
-        requests = multihost_utils.process_allgather(np.int32(self.requested))
+        flags = multihost_utils.process_allgather(np.int32([self.requested, lost]))
+        if np.any(flags[..., 1]):
+            raise LeaseLostError("the workdir's lease was taken over by another run")
+        requests = flags[..., 0]
         if np.any(requests) and not self.requested:
             self.signal_name = "a signal to another process"
         return bool(np.any(requests))

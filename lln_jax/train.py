@@ -7,6 +7,7 @@ Only this module and `main.py` see the whole config; every builder gets its own 
 import functools
 import hashlib
 import math
+import os
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ from lln_jax import (
     metrics,
     models,
     optim,
+    run_identity,
     schemes,
     sharding,
     steps,
@@ -104,7 +106,8 @@ def _labels_digest(labels_obs: np.ndarray) -> str:
 
 
 def _fresh_record(splits, config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The loop's bookkeeping, saved with every checkpoint (the config included)."""
+    """The loop's bookkeeping, saved with every checkpoint (the config and, once known, the
+    run's identity included)."""
     return {
         "config": workdir_lib.config_json(config),
         "val_map": [],
@@ -134,8 +137,14 @@ def _log_build_facts(config, splits, info, state) -> None:
 class _Run:
     """The built pieces of one run, so that the loop's helpers take one argument."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        self.config, self.workdir = config, workdir
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        lease: workdir_lock.WorkdirLock | None = None,
+    ):
+        self.config, self.workdir, self.lease = config, workdir, lease
+        self.identity: run_identity.RunIdentity | None = None  # Known once restored.
         self.mesh = sharding.create_mesh()
         self.data_sharding = sharding.data_sharding(self.mesh)
         self.replicated = sharding.replicated(self.mesh)
@@ -210,6 +219,32 @@ class _Run:
             params=merged["params"], batch_stats=merged["batch_stats"], opt_state=opt_state
         )
 
+    def fence(self) -> None:
+        """Before any save, deletion or results write: the lease must still be this run's.
+
+        Raises:
+          workdir_lock.LeaseLostError: on every process, when another run took it over.
+        """
+        lost = False
+        if self.lease is not None and jax.process_index() == 0:
+            try:
+                self.lease.verify()
+            except workdir_lock.LeaseLostError:
+                lost = True
+        if jax.process_count() > 1:
+            lost = bool(multihost_utils.broadcast_one_to_all(np.int32(lost)))
+        if lost:
+            raise workdir_lock.LeaseLostError(
+                f"the lease of {self.workdir} was taken over by another run while this one "
+                "stalled; stopped without saving (the other run owns the workdir now)"
+            )
+
+    def identity_record(self) -> dict[str, Any]:
+        return {"identity": self.identity.to_json()}
+
+    def check_identity(self, record: dict[str, Any] | None, source: str) -> None:
+        run_identity.check_record(self.identity, record, source)
+
     def predict(self, state: TrainState, split_name: str) -> metrics.MeanAveragePrecision:
         split = self.splits[split_name]
         return _predict(self.jit_eval_step, state, split, self.config.data, self.data_sharding)
@@ -254,7 +289,8 @@ def _end_of_epoch(run: _Run, state: TrainState, step: int, record: dict) -> bool
     record["val_map"].append(val_map)
     if val_map > record["best_val_map"]:  # Strictly greater, as the reference.
         record.update(best_val_map=val_map, best_epoch=epoch)
-        run.checkpointer.save_best(step, state)
+        run.fence()
+        run.checkpointer.save_best(step, state, run.identity_record())
     if run.config.diagnose_false_negatives:
         for name, value in run.unobserved_train_losses(state).items():
             record.setdefault(f"train_{name}_loss", []).append(value)
@@ -321,6 +357,7 @@ def _train(run: _Run, state: TrainState, record: dict, writer, stop_request) -> 
         if epoch_ends:
             writer.write_scalars(step, _epoch_scalars(record))
         if save:
+            run.fence()  # Orbax also deletes the steps past `max_to_keep` here.
             run.checkpointer.save(step, state, record)
         # A signal during the epoch's evaluation stops at this epoch end, saved just above.
         if stop or stop_now or (epoch_ends and stop_request.agreed(step, every=1)):
@@ -330,7 +367,8 @@ def _train(run: _Run, state: TrainState, record: dict, writer, stop_request) -> 
 
 def _finish(run: _Run, state: TrainState, record: dict, writer, elapsed: float) -> dict:
     """Test mAP of the best-val checkpoint; `results.json` and a summary."""
-    best = run.checkpointer.restore_best(checkpointing.abstract_like(state, run.replicated))
+    abstract = checkpointing.abstract_like(state, run.replicated)
+    best = run.checkpointer.restore_best(abstract, run.check_identity)
     if best is None:
         raise FileNotFoundError(
             f"the best-val state (epoch {record['best_epoch']}) is missing or does not restore "
@@ -350,10 +388,12 @@ def _finish(run: _Run, state: TrainState, record: dict, writer, elapsed: float) 
         "train_selection_precision": record.get("train_selection_precision", []),
         "train_selection_recall": record.get("train_selection_recall", []),
         "observed_labels_sha256": record["observed_labels_sha256"],
+        "run_id": run.identity.run_id,
         "final_step": int(jax.device_get(state.step)),
         "train_seconds_this_session": elapsed,
         "config": workdir_lib.config_json(run.config),
     }
+    run.fence()
     workdir_lib.write_results(results, run.workdir)
     logging.info(
         "\n  scheme %s on %s: test mAP %.2f (best val mAP %.2f at epoch %d of %d)"
@@ -365,53 +405,29 @@ def _finish(run: _Run, state: TrainState, record: dict, writer, elapsed: float) 
     return results
 
 
-def _linear_init(run: _Run, state: TrainState, writer) -> TrainState:
-    """LinearInit (`config.linear_init`): the head alone on frozen features, resumable."""
-    config, train = run.config.linear_init, run.splits["train"]
+def _linear_init(run: _Run, state: TrainState, writer, stop_request) -> TrainState:
+    """LinearInit (`config.linear_init`): the head alone on frozen features, resumable.
+
+    A stop request is honoured at every batch of the feature pass (nothing to save) and at
+    every step of the head's loop (saved there first).
+    """
+    config = run.config.linear_init
     optim_config = dict(run.config.optim, learning_rate=config.learning_rate)
     tx, _ = optim.create(**optim_config, head_name=models.HEAD_NAME)
     create = jax.jit(
         functools.partial(linear_init.create_head_state, tx=tx), out_shardings=run.replicated
     )
     head_state = create(state.params[models.HEAD_NAME], state.scheme_state, state.scheme_params)
-    total = config.num_epochs * input_pipeline.steps_per_epoch(
-        train.num_examples, config.batch_size
-    )
-    checkpointer = checkpointing.Checkpointer(
-        f"{run.workdir}/checkpoints/linear_init", max_to_keep=1
-    )
-    if checkpointer.latest_step() is not None:
-        abstract = checkpointing.abstract_like(head_state, run.replicated)
-        head_state, _ = checkpointer.restore_latest(abstract)
-    start = int(jax.device_get(head_state.step))
-    logging.info("LinearInit: the head alone, steps %d to %d", start, total)
-    if start < total:
-        features = linear_init.extract_features(
-            jax.jit(functools.partial(steps.features_step, model=run.model)),
-            state, train, data_sharding=run.data_sharding, batch_size=config.batch_size,
-            image_size=run.config.data.image_size, num_threads=run.config.data.num_threads,
-        )  # fmt: skip
-    jit_step = jax.jit(
-        functools.partial(linear_init.head_step, head=run.head, scheme=run.scheme),
-        donate_argnums=0,
-        out_shardings=(run.replicated, run.replicated),
-    )
-    local = input_pipeline.local_slice(config.batch_size, jax.process_index(), jax.process_count())
-    steps_per_epoch = input_pipeline.steps_per_epoch(train.num_examples, config.batch_size)
-    for step in range(start, total):
-        batch = linear_init.feature_batch(
-            features, train.labels_obs, seed=run.config.seed, step=step,
-            batch_size=config.batch_size,
-        )  # fmt: skip
-        local_batch = {key: value[local] for key, value in batch.items()}
-        head_state, loss = jit_step(
-            head_state, input_pipeline.to_global(local_batch, run.data_sharding)
-        )
-        if (step + 1) % steps_per_epoch == 0:
-            writer.write_scalars(step + 1, {"linear_init/loss": float(jax.device_get(loss))})
-            checkpointer.save(step + 1, head_state, {})
-    checkpointer.wait_until_finished()
-    checkpointer.close()
+    checkpoint_dir = f"{run.workdir}/checkpoints/linear_init"
+    checkpointer = checkpointing.Checkpointer(checkpoint_dir, max_to_keep=1)
+    try:
+        if checkpointer.latest_step() is not None:
+            abstract = checkpointing.abstract_like(head_state, run.replicated)
+            head_state, _ = checkpointer.restore_latest(abstract, run.check_identity)
+        head_state = _train_head(run, state, head_state, checkpointer, writer, stop_request)
+    finally:
+        checkpointer.wait_until_finished()
+        checkpointer.close()
     params = {**state.params, models.HEAD_NAME: head_state.head}
     trainable = optim.trainable(params, head_state.scheme_params)
     return state.replace(
@@ -422,23 +438,111 @@ def _linear_init(run: _Run, state: TrainState, writer) -> TrainState:
     )
 
 
+def _train_head(run: _Run, state: TrainState, head_state, checkpointer, writer, stop_request):
+    """LinearInit's loop from the restored step: `state`'s features once, then the head."""
+    config, train, every = run.config.linear_init, run.splits["train"], run.config.log_every_steps
+    steps_per_epoch = input_pipeline.steps_per_epoch(train.num_examples, config.batch_size)
+    start, total = int(jax.device_get(head_state.step)), config.num_epochs * steps_per_epoch
+    logging.info("LinearInit: the head alone, steps %d to %d", start, total)
+    if start >= total:
+        return head_state
+
+    def check_stop(index: int) -> None:
+        if stop_request.agreed(index, every=every):
+            raise stop_request_lib.RunInterruptedError(stop_request.signal_name, start, total, None)
+
+    features = linear_init.extract_features(
+        jax.jit(functools.partial(steps.features_step, model=run.model)),
+        state, train, data_sharding=run.data_sharding,
+        check_stop=check_stop, batch_size=config.batch_size,
+        image_size=run.config.data.image_size, num_threads=run.config.data.num_threads,
+    )  # fmt: skip
+    jit_step = jax.jit(
+        functools.partial(linear_init.head_step, head=run.head, scheme=run.scheme),
+        donate_argnums=0,
+        out_shardings=(run.replicated, run.replicated),
+    )
+    local = input_pipeline.local_slice(config.batch_size, jax.process_index(), jax.process_count())
+    for step in range(start, total):
+        batch = linear_init.feature_batch(
+            features, train.labels_obs, seed=run.config.seed, step=step,
+            batch_size=config.batch_size,
+        )  # fmt: skip
+        local_batch = {key: value[local] for key, value in batch.items()}
+        head_state, loss = jit_step(
+            head_state, input_pipeline.to_global(local_batch, run.data_sharding)
+        )
+        epoch_ends = (step + 1) % steps_per_epoch == 0
+        stop_now = stop_request.agreed(step + 1, every=every)
+        if epoch_ends:
+            writer.write_scalars(step + 1, {"linear_init/loss": float(jax.device_get(loss))})
+        if epoch_ends or stop_now:
+            run.fence()
+            checkpointer.save(step + 1, head_state, run.identity_record())
+        if stop_now:
+            checkpointer.wait_until_finished()
+            raise stop_request_lib.RunInterruptedError(
+                stop_request.signal_name, step + 1, total,
+                f"{run.workdir}/checkpoints/linear_init/latest",
+            )  # fmt: skip
+    return head_state
+
+
 def _restore(run: _Run, state: TrainState, record: dict) -> tuple[TrainState, dict, bool]:
-    """The newest checkpoint that restores, checked against the config; or the fresh state."""
+    """The newest checkpoint that restores, checked against the config and the run's
+    identity before its arrays are read; or the fresh state. Sets `run.identity`.
+
+    Raises:
+      workdir.ConfigMismatchError: a checkpoint or `run.json` of another config.
+      run_identity.ForeignStateError: checkpoints of another run in the workdir.
+    """
+    stored = run_identity.read(run.workdir)
+
+    def check(saved: dict[str, Any], source: str) -> None:
+        if "config" in saved:  # Checkpoints written before the record held it have none.
+            workdir_lib.check_same_config(saved["config"], run.config, source)
+        if stored is not None:
+            run_identity.check_record(stored, saved, source)
+
     abstract = checkpointing.abstract_like(state, run.replicated)
-    restored = run.checkpointer.restore_latest(abstract)
-    if restored is None:
-        return state, record, False
-    state, record = restored
-    source = f"{run.workdir}/checkpoints/latest/{int(jax.device_get(state.step))}"
-    if "config" in record:  # Checkpoints written before the record held it have none.
-        workdir_lib.check_same_config(record["config"], run.config, source)
-    if record["best_epoch"] and run.checkpointer.restore_best(abstract) is None:
+    restored = run.checkpointer.restore_latest(abstract, check)
+    resumed = restored is not None
+    if resumed:
+        state, record = restored
+    if stored is not None and stored.config_sha256 != workdir_lib.config_digest(run.config):
+        raise workdir_lib.ConfigMismatchError(
+            f"{run.workdir}/{run_identity.RUN_FILE} holds a run of a different config "
+            f"(run {stored.run_id}); use another --workdir or the same config"
+        )
+    run.identity = stored or run_identity.of_record(record) or run_identity.new(run.config)
+    record["identity"] = run.identity.to_json()
+    _check_best_states(run, abstract, record)
+    if stored is None:
+        run.fence()
+        run_identity.write(run.identity, run.workdir)
+    if resumed:
+        logging.info("Resumed from %s/checkpoints/latest/%d", run.workdir, _step(state))
+    return state, record, resumed
+
+
+def _check_best_states(run: _Run, abstract, record: dict) -> None:
+    """Every best state must be this run's; the one the record names must restore."""
+    for step in run.checkpointer.steps("best"):
+        source = f"{run.workdir}/checkpoints/best/{step}"
+        try:
+            saved = run.checkpointer.read_record("best", step)
+        except Exception:  # Corrupt: quarantined when the final test restores it.
+            continue
+        run.check_identity(saved, source)
+    if record["best_epoch"] and run.checkpointer.restore_best(abstract, run.check_identity) is None:
         logging.error(
             "the best-val state (epoch %d) does not restore; unless a later epoch beats it, "
             "the final test cannot run", record["best_epoch"],
         )  # fmt: skip
-    logging.info("Resumed from %s", source)
-    return state, record, True
+
+
+def _step(state: TrainState) -> int:
+    return int(jax.device_get(state.step))
 
 
 def _report_stored(results: dict[str, Any], workdir: str) -> None:
@@ -492,40 +596,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if stored is not None:
         _report_stored(stored, workdir)
         return None
-    lock = workdir_lock.WorkdirLock(workdir)
+    lock = workdir_lock.WorkdirLock(workdir, **_lease_timings())
     _take_lease(lock)
     try:
-        return _train_and_evaluate(config, workdir)
+        return _train_and_evaluate(config, workdir, lock)
     finally:
         lock.release()
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def _lease_timings() -> dict[str, float]:
+    """`LLN_LEASE_S` and `LLN_LEASE_RENEW_S` override the lease's 120 s and 20 s."""
+    timings = {"lease_s": "LLN_LEASE_S", "renew_s": "LLN_LEASE_RENEW_S"}
+    return {key: float(os.environ[name]) for key, name in timings.items() if name in os.environ}
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, lock: workdir_lock.WorkdirLock
+) -> TrainState:
     workdir_lib.check_config_file(config, workdir)  # Before the data is opened.
-    run = _Run(config, workdir)
+    run = _Run(config, workdir, lock)
     state, record, resumed = _restore(run, run.init_state(), _fresh_record(run.splits, config))
     if record["observed_labels_sha256"] != _labels_digest(run.splits["train"].labels_obs):
         raise ValueError("the observed labels differ from those the checkpoint was trained on")
+    run.fence()
     workdir_lib.write_config(config, workdir)
     _log_build_facts(config, run.splits, run, state)
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=True
     )
-    stop_request, start = stop_request_lib.StopRequest(), time.time()
+    stop_request, start = stop_request_lib.StopRequest(lock), time.time()
     try:
         if not resumed:
             writer.write_hparams(workdir_lib.flat(config))
             if config.linear_init.num_epochs > 0:
-                state = _linear_init(run, state, writer)
-        if not (record["stopped_early"] or int(jax.device_get(state.step)) >= run.total_steps):
+                state = _linear_init(run, state, writer, stop_request)
+        if not (record["stopped_early"] or _step(state) >= run.total_steps):
             state = _train(run, state, record, writer, stop_request)
         run.checkpointer.wait_until_finished()
-        step = int(jax.device_get(state.step))
+        step = _step(state)
         if stop_request.agreed(step, every=config.log_every_steps, final=True):
             # Even after the last step: the test then runs on the rerun.
             raise stop_request_lib.RunInterruptedError(
-                stop_request.signal_name, step, run.total_steps, workdir
-            )
+                stop_request.signal_name, step, run.total_steps,
+                f"{workdir}/checkpoints/latest",
+            )  # fmt: skip
         _finish(run, state, record, writer, time.time() - start)
     finally:  # Even on an error, the saves already started complete.
         stop_request.restore_defaults()

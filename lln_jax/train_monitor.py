@@ -3,6 +3,7 @@
 Called before every save, so no checkpoint ever holds a diverged state.
 """
 
+import math
 from typing import Any
 
 import jax
@@ -17,6 +18,11 @@ class NonFiniteLossError(FloatingPointError):
 # A logged loss this many times the first one logged is warned about (a learning rate far
 # too high grows it by orders of magnitude long before it overflows).
 LOSS_GROWTH_WARNING = 100.0
+# The loss is a mean over entries, so a model that knows nothing scores log 2 per entry (BCE
+# of a zero logit); a loss this many times that has diverged, even at the first log (a rate
+# so high that the first interval already blew up leaves growth nothing to measure).
+CHANCE_LOSS = math.log(2.0)
+ABOVE_CHANCE_WARNING = 10.0
 
 
 def log_train_metrics(writer, step: int, train_metrics, run: Any, first_loss: list) -> None:
@@ -42,6 +48,14 @@ def log_train_metrics(writer, step: int, train_metrics, run: Any, first_loss: li
     loss = float(values["loss"])
     if not first_loss:
         first_loss.append(loss)
+    if loss > ABOVE_CHANCE_WARNING * CHANCE_LOSS:
+        logging.warning(
+            "step %d: the loss %.3g is %.3g times chance (log 2 = %.3f per entry; gradient "
+            "norm %.3g): the run has diverged; the learning rate (optim.learning_rate=%g) may "
+            "be far too high",
+            step, loss, loss / CHANCE_LOSS, CHANCE_LOSS, float(values["grad_norm"]),
+            run.config.optim.learning_rate,
+        )  # fmt: skip
     if loss > LOSS_GROWTH_WARNING * max(first_loss[0], 1e-12):
         logging.warning(
             "step %d: the loss grew from %.3g to %.3g (gradient norm %.3g): the learning rate "

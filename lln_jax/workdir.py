@@ -3,16 +3,26 @@
 `config.json` (written by process 0), `results.json` of a finished run, and the config inside
 every checkpoint's record. A run resumes only with the config it was started with, compared
 against the checkpoint's own copy (so a lost or edited `config.json` cannot mix two configs),
-up to `RESUMABLE_CHANGES`, settings that do not change what is computed. Every path goes
-through `etils.epath`, so a `gs://` workdir works the same way.
+up to `RESUMABLE_CHANGES`, settings that do not change what is computed. Every JSON file is
+written atomically (`atomic_write`): a crash mid-write leaves the old file or the new one.
+A `results.json` that does not parse anyway (written by hand, or by an older version) is
+moved aside and the test is redone from the checkpoints. Every path goes through
+`etils.epath`, so a `gs://` workdir works the same way.
 """
 
+import hashlib
 import json
+import os
+import socket
+import time
 from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 from etils import epath
+
+from lln_jax.atomic_write import write_atomic
 
 # Settings a resumed run may change: they do not change what is computed.
 RESUMABLE_CHANGES = (
@@ -20,7 +30,11 @@ RESUMABLE_CHANGES = (
 )  # fmt: skip
 
 
-class ConfigMismatchError(ValueError):
+class WorkdirError(ValueError):
+    """The workdir cannot hold a run: not a directory, not writable, or a file unreadable."""
+
+
+class ConfigMismatchError(WorkdirError):
     """The workdir holds a run of another config."""
 
 
@@ -46,9 +60,19 @@ def read_json(path: epath.Path) -> dict[str, Any]:
     """A JSON file of the workdir; a file that does not parse is an error naming it."""
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         message = f"{path} is not valid JSON ({error}); move it away or repair it"
-        raise ValueError(message) from error
+        raise WorkdirError(message) from error
+
+
+def _resumable(key: str) -> bool:
+    return key.startswith(RESUMABLE_CHANGES)
+
+
+def config_digest(config: ml_collections.ConfigDict | dict) -> str:
+    """sha256 of the settings that decide what a run computes (not `RESUMABLE_CHANGES`)."""
+    computed = {key: value for key, value in flat(config).items() if not _resumable(key)}
+    return hashlib.sha256(json.dumps(computed, sort_keys=True).encode()).hexdigest()
 
 
 def check_same_config(saved: dict[str, Any], config: ml_collections.ConfigDict, source: str):
@@ -57,7 +81,7 @@ def check_same_config(saved: dict[str, Any], config: ml_collections.ConfigDict, 
     differences = sorted(
         key
         for key in set(saved_flat) | set(current)
-        if saved_flat.get(key) != current.get(key) and not key.startswith(RESUMABLE_CHANGES)
+        if saved_flat.get(key) != current.get(key) and not _resumable(key)
     )
     if differences:
         details = ", ".join(
@@ -80,19 +104,48 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if jax.process_index() == 0:
         path = epath.Path(workdir) / "config.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        write_atomic(path, config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
 def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
-    """The stored results of a finished run of `config` in `workdir`, or None."""
+    """The stored results of a finished run of `config` in `workdir`, or None.
+
+    A `results.json` that does not parse is moved aside (`results.json.unreadable-<time>`),
+    and None is returned: the run's checkpoints then redo the test.
+    """
     path = epath.Path(workdir) / "results.json"
     if not path.exists():
         return None
-    results = read_json(path)
+    try:
+        results = read_json(path)
+    except WorkdirError as error:
+        aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        logging.error("%s; moved to %s, the test is redone from the checkpoints", error, aside)
+        if jax.process_index() == 0:
+            path.rename(aside)
+        return None
     check_same_config(results.get("config", {}), config, str(path))
     return results
 
 
 def write_results(results: dict[str, Any], workdir: str) -> None:
     if jax.process_index() == 0:
-        (epath.Path(workdir) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_atomic(epath.Path(workdir) / "results.json", json.dumps(results, indent=2) + "\n")
+
+
+def check_usable(workdir: str) -> None:
+    """Refuses a workdir that is a file or cannot be written, before any heavy work.
+
+    Raises:
+      WorkdirError: naming the path and what is wrong with it.
+    """
+    path = epath.Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise WorkdirError(f"--workdir={workdir} is a file, not a directory")
+    probe = path / f".write-probe-{socket.gethostname()}-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        write_atomic(probe, "")
+        probe.unlink()
+    except OSError as error:
+        raise WorkdirError(f"--workdir={workdir} cannot be written ({error})") from error

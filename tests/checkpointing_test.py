@@ -28,21 +28,25 @@ def _state(seed):
     )
 
 
+def _accept(record, source):
+    del record, source
+
+
 def test_save_then_restore_round_trips_the_whole_state(tmp_path):
     state = _state(0)
     checkpointer = checkpointing.Checkpointer(str(tmp_path), async_save=True)
     record = {"val_map": [50.5, 60.25], "best_val_map": 60.25, "best_epoch": 2}
     checkpointer.save(17, state, record)
-    checkpointer.save_best(17, state)
+    checkpointer.save_best(17, state, {"identity": {"run_id": "r"}})
     checkpointer.wait_until_finished()
     repl = sharding.replicated(sharding.create_mesh())
     other = _state(1).replace(tx=state.tx)  # Other values, the same static optimizer.
     abstract = checkpointing.abstract_like(other, repl)
-    restored, restored_record = checkpointer.restore_latest(abstract)
+    restored, restored_record = checkpointer.restore_latest(abstract, _accept)
     chex.assert_trees_all_equal(restored, state)
     assert restored_record == record
     assert restored.scheme_state.corrected.sharding == repl
-    chex.assert_trees_all_equal(checkpointer.restore_best(abstract), state)
+    chex.assert_trees_all_equal(checkpointer.restore_best(abstract, _accept), state)
     checkpointer.close()
 
 

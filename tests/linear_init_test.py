@@ -2,7 +2,9 @@
 
 import importlib.util
 import json
+import os
 import pathlib
+import signal
 
 import chex
 import jax
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 from clu import metric_writers
 
-from lln_jax import linear_init, models, train
+from lln_jax import linear_init, models, run_identity, stop_request, train
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -25,12 +27,54 @@ def _config(data_dir, num_epochs=2, scheme="role"):
     return config
 
 
-def _head_phase(config, workdir):
+# One identity for every phase of a test, whose configs differ in the number of epochs.
+IDENTITY = run_identity.RunIdentity("linear-init-test", "config")
+
+
+def _head_phase(config, workdir, stop=None):
     run = train._Run(config, str(workdir))
+    run.identity = IDENTITY
     initial = run.init_state()
-    state = train._linear_init(run, initial, metric_writers.MultiWriter([]))
-    run.checkpointer.close()
+    stop = stop or stop_request.StopRequest()
+    try:
+        state = train._linear_init(run, initial, metric_writers.MultiWriter([]), stop)
+    finally:
+        run.checkpointer.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     return jax.device_get(initial), jax.device_get(state)
+
+
+def _sigterm_at_head_step(monkeypatch, step: int) -> None:
+    feature_batch = linear_init.feature_batch
+
+    def batch_then_signal(*args, **kwargs):
+        if kwargs["step"] == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return feature_batch(*args, **kwargs)
+
+    monkeypatch.setattr(linear_init, "feature_batch", batch_then_signal)
+
+
+def test_sigterm_stops_the_feature_pass_at_once(data_dir, tmp_path):
+    stop = stop_request.StopRequest()
+    os.kill(os.getpid(), signal.SIGTERM)  # Before the first batch of features.
+    with pytest.raises(
+        stop_request.RunInterruptedError,
+        match="SIGTERM: stopped at step 0 of 30; nothing of this phase needed saving",
+    ):
+        _head_phase(_config(data_dir), tmp_path, stop)
+    assert not list((tmp_path / "checkpoints" / "linear_init" / "latest").iterdir())
+
+
+def test_sigterm_in_the_head_loop_saves_that_step_and_stops(data_dir, tmp_path, monkeypatch):
+    _sigterm_at_head_step(monkeypatch, 3)
+    with pytest.raises(
+        stop_request.RunInterruptedError,
+        match=r"stopped at step 4 of 30; the checkpoint of step 4 is in .*linear_init/latest",
+    ):
+        _head_phase(_config(data_dir), tmp_path)
+    assert [p.name for p in (tmp_path / "checkpoints/linear_init/latest").iterdir()] == ["4"]
 
 
 def test_the_head_trains_alone_and_the_run_starts_from_it(data_dir, tmp_path):
@@ -51,6 +95,18 @@ def test_the_head_trains_alone_and_the_run_starts_from_it(data_dir, tmp_path):
 def test_a_head_phase_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(data_dir, tmp_path):
     _, whole = _head_phase(_config(data_dir), tmp_path / "whole")
     _head_phase(_config(data_dir, num_epochs=1), tmp_path / "stopped")  # Saved after epoch 1.
+    _, resumed = _head_phase(_config(data_dir), tmp_path / "stopped")
+    chex.assert_trees_all_equal(resumed.params, whole.params)
+    chex.assert_trees_all_equal(resumed.scheme_params, whole.scheme_params)
+
+
+@pytest.mark.slow
+def test_a_head_phase_stopped_by_sigterm_resumes_bit_exact(data_dir, tmp_path, monkeypatch):
+    _, whole = _head_phase(_config(data_dir), tmp_path / "whole")
+    _sigterm_at_head_step(monkeypatch, 20)
+    with pytest.raises(stop_request.RunInterruptedError, match="stopped at step 21 of 30"):
+        _head_phase(_config(data_dir), tmp_path / "stopped")
+    monkeypatch.undo()
     _, resumed = _head_phase(_config(data_dir), tmp_path / "stopped")
     chex.assert_trees_all_equal(resumed.params, whole.params)
     chex.assert_trees_all_equal(resumed.scheme_params, whole.scheme_params)
@@ -108,7 +164,7 @@ def test_features_come_back_in_split_order_whatever_the_device_order(monkeypatch
         lambda split, *, start, stop, **_: map(labels_only, range(start, stop)),
     )
     features = linear_init.extract_features(
-        reversed_features, None, split, batch_size=4,
+        reversed_features, None, split, batch_size=4, check_stop=lambda index: None,
         data_sharding=sharding.data_sharding(sharding.create_mesh(jax.devices()[:1])),
     )  # fmt: skip
     np.testing.assert_array_equal(features[:, 0], np.arange(num))

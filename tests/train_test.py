@@ -86,7 +86,7 @@ def test_role_with_boostlu_selected_on_observed_val_labels(data_dir, tmp_path):
     # ... and is in the checkpoint.
     checkpointer = checkpointing.Checkpointer(f"{tmp_path}/checkpoints")
     abstract = checkpointing.abstract_like(state, sharding.replicated(sharding.create_mesh()))
-    restored, _ = checkpointer.restore_latest(abstract)
+    restored, _ = checkpointer.restore_latest(abstract, lambda *_: None)
     checkpointer.close()
     chex.assert_trees_all_equal(restored.scheme_params, state.scheme_params)
 
@@ -191,7 +191,8 @@ def test_a_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(
     assert checkpointer.latest_step() == 6  # Steps 1-7 were finite; 9 was not saved.
     state = train._Run(config, str(tmp_path)).init_state()
     restored, _ = checkpointer.restore_latest(
-        checkpointing.abstract_like(state, sharding.replicated(sharding.create_mesh()))
+        checkpointing.abstract_like(state, sharding.replicated(sharding.create_mesh())),
+        lambda *_: None,
     )
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params))
     checkpointer.close()

@@ -26,11 +26,15 @@ def main(directory: str, repeats: int) -> None:
     checkpointer = checkpointing.Checkpointer(directory, max_to_keep=2)
     for step in range(1, repeats + 1):
         state = add_one(state)
-        checkpointer.save_best(step, state)
+        checkpointer.save_best(step, state, {"step": step})
         checkpointer.save(step, state, {"step": step})
     checkpointer.wait_until_finished()
-    restored, record = checkpointer.restore_latest(checkpointing.abstract_like(state, replicated))
-    best = checkpointer.restore_best(checkpointing.abstract_like(state, replicated))
+    restored, record = checkpointer.restore_latest(
+        checkpointing.abstract_like(state, replicated), lambda *_: None
+    )
+    best = checkpointer.restore_best(
+        checkpointing.abstract_like(state, replicated), lambda *_: None
+    )
     checkpointer.close()
     assert record["step"] == repeats, record
     for tree in (restored, best):

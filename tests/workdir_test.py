@@ -124,7 +124,7 @@ def test_a_live_lease_refuses_a_second_run_and_a_stale_one_is_taken_over(tmp_pat
                  "started": time.time() - 5, "renewed": time.time()}  # fmt: skip
         (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(lease))
         with pytest.raises(workdir_lock.WorkdirLockedError, match=rf"pid {other_process.pid} on"):
-            workdir_lock.WorkdirLock(str(tmp_path)).acquire(settle_s=0)
+            workdir_lock.WorkdirLock(str(tmp_path)).acquire()
     finally:
         other_process.kill()
         other_process.wait()
@@ -138,16 +138,11 @@ def test_a_live_lease_refuses_a_second_run_and_a_stale_one_is_taken_over(tmp_pat
     # Another host's lease that was not renewed for longer than the lease: stale.
     lease.update(host="elsewhere", renewed=time.time() - 600)
     (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(lease))
-    workdir_lock.WorkdirLock(str(tmp_path), lease_s=120).acquire(settle_s=0).release()
+    workdir_lock.WorkdirLock(str(tmp_path), lease_s=120).acquire().release()
 
 
-def test_the_lease_and_the_workdir_files_work_on_gs(tmp_path, fake_gcs):
-    with workdir_lock.WorkdirLock("gs://bucket/run", renew_s=0.05) as lock:
-        time.sleep(0.2)
-        assert json.loads((fake_gcs / "bucket/run/lock.json").read_text())["token"] == lock.token
-        with pytest.raises(workdir_lock.WorkdirLockedError, match=r"gs://bucket/run is in use"):
-            workdir_lock.WorkdirLock("gs://bucket/run").acquire(settle_s=0)
-    assert not (fake_gcs / "bucket/run/lock.json").exists()
+def test_the_workdir_files_work_on_gs(tmp_path, fake_gcs):
+    (fake_gcs / "bucket/run").mkdir(parents=True)  # An object store needs no directories.
     workdir_lib.write_results({"test_map": 1.0, "config": {}}, "gs://bucket/run")
     assert workdir_lib.read_json(epath.Path("gs://bucket/run/results.json"))["test_map"] == 1.0
     assert not (tmp_path / "gs:").exists()  # Nothing written to a local directory named gs:.

@@ -20,6 +20,14 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 DTYPES = ("float32", "bfloat16")
 
 
+def output_stride(name: str) -> int:
+    """How many input pixels one cell of the last feature map spans: the stem's 4 (a stride-2
+    convolution and a stride-2 pool), doubled by every stage after the first; 1 for a model
+    that is not one of the ResNets (nothing to check)."""
+    stage_sizes = getattr(MODELS[name], "keywords", {}).get("stage_sizes")
+    return 1 if stage_sizes is None else 4 * 2 ** (len(stage_sizes) - 1)
+
+
 def create(
     name: str, *, num_classes: int, dtype: str = "float32", boost_alpha: float = 1.0, **kwargs: Any
 ) -> nn.Module:

@@ -15,6 +15,7 @@ shape that does not match is an error that names it.
 
 import io
 import re
+import zipfile
 
 import numpy as np
 from absl import app, flags, logging
@@ -100,9 +101,47 @@ def save(variables: Variables, path: str) -> None:
     epath.Path(path).write_bytes(buffer.getvalue())
 
 
+def check_file(path: str) -> None:
+    """Checks that `path` holds converted `.npz` weights, reading headers only.
+
+    Nothing is unpickled: a `.npz` is a zip archive of `.npy` arrays, and each header is read
+    with numpy's own parser, which refuses object arrays (the only kind needing pickle).
+
+    Raises:
+      ValueError: naming the file and what is wrong with it (missing, not a zip archive of
+        numeric `.npy` arrays).
+    """
+    file = epath.Path(path)
+    hint = "convert torchvision weights with `python -m lln_jax.models.pretrained`"
+    if not file.exists():
+        raise ValueError(f"init_from={path} does not exist; {hint}")
+    try:
+        with zipfile.ZipFile(io.BytesIO(file.read_bytes())) as archive:
+            names = archive.namelist()
+            for name in names:
+                with archive.open(name) as member:
+                    _check_array_header(name, member)
+    except (zipfile.BadZipFile, ValueError) as error:
+        raise ValueError(f"init_from={path} is not a .npz of weights ({error}); {hint}") from None
+    if not names:
+        raise ValueError(f"init_from={path} holds no arrays; {hint}")
+
+
+def _check_array_header(name: str, member) -> None:
+    if not name.endswith(".npy"):
+        raise ValueError(f"member {name!r} is not a .npy array")
+    version = np.lib.format.read_magic(member)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+        version, np.lib.format.read_array_header_2_0
+    )
+    _, _, dtype = read_header(member)
+    if dtype.hasobject:
+        raise ValueError(f"member {name!r} holds Python objects, not numbers")
+
+
 def load(path: str) -> Variables:
-    """Reads `.npz` weights from a local or `gs://` path."""
-    with np.load(io.BytesIO(epath.Path(path).read_bytes())) as data:
+    """Reads `.npz` weights from a local or `gs://` path (never unpickling)."""
+    with np.load(io.BytesIO(epath.Path(path).read_bytes()), allow_pickle=False) as data:
         return traverse_util.unflatten_dict({key: data[key] for key in data.files}, sep="/")
 
 
