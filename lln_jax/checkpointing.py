@@ -57,7 +57,9 @@ def _saving(directory: str, step: int | None):
     try:
         yield
     except Exception as error:
-        cause = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+        cause = f"{type(error).__name__}: {error}".splitlines()[0]
+        if len(cause) > 300:  # The library's context first, the OS's reason last.
+            cause = f"{cause[:100]} ... {cause[-180:]}"
         what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
         raise SaveError(
             f"{what} could not be written to {directory} ({cause}); fix the storage (space, "

@@ -6,7 +6,8 @@ test mAP mean and standard deviation over seeds, the number of seeds, the best e
 beside each cell the paper's number (SPEC.md sections 6 and 9; the authors' own rerun where
 there is one) with the difference; a cell more than `MARK_ABOVE` points from the paper is
 marked. A run dir
-without `results.json` (crashed, stopped or still running) is listed, not averaged. A
+without `results.json` (crashed, stopped or still running) is listed, not averaged; one
+whose `config.json` or `results.json` does not parse is listed apart with the reason. A
 directory that holds run dirs rather than being one is expanded one level. Every path may
 be `gs://`.
 """
@@ -23,6 +24,7 @@ from absl import app, flags, logging
 from etils import epath
 
 from lln_jax import report_plots
+from lln_jax.atomic_write import write_atomic
 
 MARK_ABOVE = 1.0  # Points of mAP; about the method's own spread (SPEC.md section 6).
 
@@ -44,11 +46,12 @@ AUTHORS_RERUN = {("ll_r", "single_positive", "plain"): (88.27, 70.70, 48.76, 19.
 
 
 class Run(NamedTuple):
-    """One run dir: its config, and its results where it finished."""
+    """One run dir: its config, its results where it finished, or why it does not read."""
 
     path: str
     config: dict[str, Any]
     results: dict[str, Any] | None
+    unreadable: str | None = None
 
 
 class Group(NamedTuple):
@@ -59,11 +62,25 @@ class Group(NamedTuple):
     val_labels: str
 
 
+class _UnreadableError(ValueError):
+    pass
+
+
 def _read_json(path: epath.Path) -> dict[str, Any] | None:
+    """The file's JSON; None where it does not exist; `_UnreadableError` where it is bad."""
     try:
         return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except FileNotFoundError:
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise _UnreadableError(f"{path.name} does not parse ({error})") from error
+
+
+def _read_run(path: epath.Path) -> Run:
+    try:
+        return Run(str(path), _read_json(path / "config.json"), _read_json(path / "results.json"))
+    except _UnreadableError as error:
+        return Run(str(path), {}, None, unreadable=str(error))
 
 
 def find_runs(directories: Iterable[str]) -> list[Run]:
@@ -81,10 +98,8 @@ def find_runs(directories: Iterable[str]) -> list[Run]:
                 f"{'' if root.exists() else ' (it does not exist)'}"
             )
         candidates = [root] if (root / "config.json").exists() else sorted(root.iterdir())
-        for path in filter(lambda p: p.is_dir(), candidates):
-            config = _read_json(path / "config.json")
-            if config is not None:
-                runs.append(Run(str(path), config, _read_json(path / "results.json")))
+        for path in filter(lambda p: p.is_dir() and (p / "config.json").exists(), candidates):
+            runs.append(_read_run(path))
     return runs
 
 
@@ -111,7 +126,8 @@ def _reference(table, group: Group) -> float | None:
 def summarize(runs: Sequence[Run]) -> dict[str, Any]:
     """Per group: test mAP mean/std over seeds, seeds, best epochs, the paper and the gap."""
     groups: dict[Group, list[Run]] = {}
-    for run in runs:
+    readable = [run for run in runs if run.unreadable is None]
+    for run in readable:
         if run.results is not None:
             groups.setdefault(group_of(run.config), []).append(run)
     rows = []
@@ -131,8 +147,11 @@ def summarize(runs: Sequence[Run]) -> dict[str, Any]:
             "marked": paper is not None and abs(mean - paper) > MARK_ABOVE,
             "runs": [m.path for m in members],
         })  # fmt: skip
-    incomplete = [{"path": r.path, **group_of(r.config)._asdict()} for r in runs if not r.results]
-    return {"rows": rows, "incomplete": incomplete}
+    incomplete = [
+        {"path": r.path, **group_of(r.config)._asdict()} for r in readable if not r.results
+    ]
+    unreadable = [{"path": r.path, "reason": r.unreadable} for r in runs if r.unreadable]
+    return {"rows": rows, "incomplete": incomplete, "unreadable": unreadable}
 
 
 def _cell(value: float | None, sign: bool = False) -> str:
@@ -161,6 +180,9 @@ def to_markdown(summary: dict[str, Any]) -> str:
         lines += [
             f"- {run['path']} ({run['data']}, {run['scheme']})" for run in summary["incomplete"]
         ]
+    if summary.get("unreadable"):
+        lines += ["", "Unreadable run dirs (not averaged; repair or move them):", ""]
+        lines += [f"- {run['path']}: {run['reason']}" for run in summary["unreadable"]]
     return "\n".join(lines) + "\n"
 
 
@@ -182,7 +204,7 @@ def to_csv(summary: dict[str, Any]) -> str:
 def _settings_by_data(runs: Sequence[Run]) -> dict[str, list[report_plots.Setting]]:
     groups: dict[Group, list[dict[str, Any]]] = {}
     for run in runs:
-        if run.results is not None:
+        if run.results is not None and run.unreadable is None:
             groups.setdefault(group_of(run.config), []).append(run.results)
     by_data: dict[str, list[report_plots.Setting]] = {}
     for group, results in sorted(groups.items()):
@@ -204,9 +226,9 @@ def write_report(directories: Sequence[str], out: str) -> dict[str, Any]:
     summary = summarize(runs)
     target = epath.Path(out)
     target.mkdir(parents=True, exist_ok=True)
-    (target / "report.md").write_text(to_markdown(summary))
-    (target / "report.csv").write_text(to_csv(summary))
-    (target / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(target / "report.md", to_markdown(summary))
+    write_atomic(target / "report.csv", to_csv(summary))
+    write_atomic(target / "report.json", json.dumps(summary, indent=2) + "\n")
     summary["figures"] = report_plots.write_plots(_settings_by_data(runs), out)
     return summary
 

@@ -58,10 +58,20 @@ class _LocalStore:
         self._guard = path.with_name(f".{path.name}.guard")
 
     @contextlib.contextmanager
-    def _locked(self):
+    def _locked(self, timeout_s: float = 10.0):
+        """Holds the guard; a holder stalled inside its few-millisecond write (a stopped
+        process) makes this raise `OSError` after `timeout_s` instead of waiting forever."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._guard, "a") as guard:
-            fcntl.flock(guard, fcntl.LOCK_EX)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise OSError(f"{self._guard} stays locked by a stalled process") from None
+                    time.sleep(0.01)
             yield
 
     def _read_unlocked(self) -> tuple[dict[str, Any] | None, str]:
@@ -205,6 +215,12 @@ class WorkdirLock:
 
     def acquire(self) -> "WorkdirLock":
         """Takes the lease or raises `WorkdirLockedError` naming the live owner."""
+        try:
+            return self._acquire()
+        except OSError as error:
+            raise WorkdirLockedError(f"{self.path} cannot be taken: {error}") from error
+
+    def _acquire(self) -> "WorkdirLock":
         lease, version = self._store.read()
         if lease is not None and not self._is_stale(lease):
             self._refuse(lease)

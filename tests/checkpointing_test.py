@@ -1,9 +1,13 @@
 """Orbax round trip of the whole train state, LL-Cp's table included."""
 
+import os
+import subprocess
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lln_jax import checkpointing, models, optim, schemes, sharding
 from lln_jax.train_state import create_train_state
@@ -54,3 +58,29 @@ def test_a_fresh_directory_has_no_checkpoint(tmp_path):
     checkpointer = checkpointing.Checkpointer(str(tmp_path))
     assert checkpointer.latest_step() is None
     checkpointer.close()
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs: a real filesystem that runs out of space (mounting needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+                   check=True)  # fmt: skip
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_a_save_that_runs_out_of_space_is_one_line_that_says_what_to_do(full_disk):
+    noise = np.random.default_rng(0).standard_normal((256, 1024), np.float32)
+    state = {"weights": jnp.asarray(noise)}  # 1 MiB that does not compress: does not fit.
+    checkpointer = checkpointing.Checkpointer(str(full_disk), async_save=False)
+    with pytest.raises(checkpointing.SaveError) as raised:
+        checkpointer.save(3, state, {"identity": {"run_id": "r"}})
+        checkpointer.wait_until_finished()
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"the checkpoint of step 3 could not be written to {full_disk}/latest" in message
+    assert "No space left on device" in message and "rerun the same command" in message

@@ -69,3 +69,23 @@ def test_a_scheme_must_keep_its_recipe_and_its_hyperparameters():
         config.scheme.delta_rel = 0.002
     with pytest.raises(config_checks.ConfigError, match=r"'an' takes \[\], .* \['delta_rel'\]"):
         config_checks.check(config)
+
+
+def test_the_optimizer_keys_must_be_those_the_optimizer_takes():
+    config = _load()
+    config.optim.name = "sgd"  # Adam's b1, b2 and eps left in the config.
+    with pytest.raises(
+        config_checks.ConfigError,
+        match=r"optim\.name='sgd' takes \['momentum', 'weight_decay'\], the config gives "
+        r"\['b1', 'b2', 'eps', 'weight_decay'\]",
+    ):
+        config_checks.check(config)
+
+
+def test_the_image_must_cover_the_models_output_stride():
+    config = _load()  # resnet_small: three stages, output stride 16.
+    config.data.image_size = 3
+    with pytest.raises(config_checks.ConfigError, match=r"image_size=3 is smaller than resnet_"):
+        config_checks.check(config)
+    config.data.image_size = 16
+    config_checks.check(config)

@@ -415,3 +415,37 @@ def test_a_manual_dir_on_gs_is_read_through_the_path_layer(tmp_path, fake_gcs):
     np.testing.assert_array_equal(train_split.labels["labels"], train_labels)
     np.testing.assert_array_equal(train_split.labels["labels_obs"], observed)
     assert not (tmp_path / "gs:").exists()  # Nothing went to a local directory named gs:.
+
+
+def test_prepare_verifies_every_label_file_and_rewrites_a_bad_one(tmp_path):
+    manual, _, _ = _write_cub(tmp_path / "manual")
+    _prepare("cub", tmp_path, manual)
+    data_dir = tmp_path / "data"
+    path, _ = _label_file(data_dir)
+    original = path.read_bytes()
+    path.write_bytes(original[: len(original) // 2])  # A copy cut short.
+    with pytest.raises(prepared.LabelFileError, match=r"labels-train\.npz .*checksum"):
+        datasets.open_splits("cub", str(data_dir), allow_unchecked_counts=True)
+    # What the message says to run (this subset was prepared without the count check).
+    datasets.prepare("cub", str(data_dir), manual_dir=str(manual), check_counts=False)
+    assert path.read_bytes() == original
+    datasets.open_splits("cub", str(data_dir), allow_unchecked_counts=True)
+
+
+def test_a_corrupt_record_names_its_file_and_the_preparation(tmp_path):
+    manual, _, _ = _write_cub(tmp_path / "manual")
+    _prepare("cub", tmp_path, manual)
+    data_dir = tmp_path / "data"
+    _, builder = _label_file(data_dir)
+    (record_file,) = pathlib.Path(builder.data_dir).glob("*-train.array_record-*")
+    payload = bytearray(record_file.read_bytes())
+    start = len(payload) // 25  # Inside the first chunk of records (the rest is padding).
+    payload[start : start + 64] = bytes(byte ^ 0xFF for byte in payload[start : start + 64])
+    record_file.write_bytes(bytes(payload))  # Bits flipped, as by a bad disk or copy.
+    train_split, _ = datasets.open_splits("cub", str(data_dir), allow_unchecked_counts=True)
+    with pytest.raises(OSError) as raised:
+        for row in range(len(train_split.source)):
+            train_split.source[row]
+    message = str(raised.value)
+    assert message.startswith(f"{record_file}: record ")
+    assert f"python -m lln_jax.prepare cub --data_dir={data_dir} --manual_dir=DIR" in message

@@ -115,3 +115,21 @@ def test_the_conversion_command(tmp_path):
     )  # fmt: skip
     expected = pretrained.convert(pretrained.read_state_dict(str(source)))
     jax.tree.map(np.testing.assert_array_equal, pretrained.load(str(target)), expected)
+
+
+def test_a_weights_file_is_checked_without_unpickling(tmp_path):
+    from lln_jax.models import pretrained
+
+    with pytest.raises(ValueError, match=r"init_from=.*missing\.npz does not exist"):
+        pretrained.check_file(str(tmp_path / "missing.npz"))
+    noise = tmp_path / "noise.npz"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ValueError, match=r"noise\.npz is not a \.npz of weights"):
+        pretrained.check_file(str(noise))
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, weights=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match=r"'weights\.npy' holds Python objects"):
+        pretrained.check_file(str(pickled))
+    good = tmp_path / "good.npz"
+    np.savez(good, **{"params/fc/kernel": np.zeros((2, 3), np.float32)})
+    pretrained.check_file(str(good))

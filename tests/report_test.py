@@ -84,3 +84,17 @@ def test_a_path_that_is_not_a_directory_is_named(runs, tmp_path):
         message = re.escape(f"{path} is not a run dir or a directory of run dirs{why}")
         with pytest.raises(NotADirectoryError, match=message):
             report.write_report([str(runs / "coco_an_0"), str(path)], str(tmp_path / "out"))
+
+
+def test_an_unreadable_run_dir_is_listed_apart_with_the_reason(runs, tmp_path):
+    (_run(runs, "coco_ll_ct_torn") / "config.json").write_text('{"seed": 0, "data": {')
+    (_run(runs, "coco_ll_r_2", seed=2, test_map=90.0) / "results.json").write_text("{")
+    summary = report.write_report([str(runs)], str(tmp_path / "out"))
+    unreadable = {pathlib.Path(r["path"]).name: r["reason"] for r in summary["unreadable"]}
+    assert sorted(unreadable) == ["coco_ll_ct_torn", "coco_ll_r_2"]
+    assert unreadable["coco_ll_ct_torn"].startswith("config.json does not parse")
+    assert unreadable["coco_ll_r_2"].startswith("results.json does not parse")
+    ll_r = next(r for r in summary["rows"] if (r["scheme"], r["head"]) == ("ll_r", "plain"))
+    assert ll_r["seeds"] == [0, 1]  # The torn seed 2 is not averaged.
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "Unreadable run dirs" in markdown and "coco_ll_ct_torn: config.json" in markdown

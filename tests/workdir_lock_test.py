@@ -1,7 +1,11 @@
 """The workdir lease: one owner, fencing of a stalled owner, clocks; local and on gs://."""
 
 import json
+import os
 import pathlib
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -90,3 +94,65 @@ def test_the_gs_lease_against_a_gcs_emulator(scenario):
     finished = gcs_emulator.run(str(SCENARIOS), scenario)
     assert finished.returncode == 0, finished.stdout
     assert f"ok {scenario}" in finished.stdout
+
+
+def _run_command(data_dir, workdir) -> list[str]:
+    config = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py"
+    return [
+        sys.executable, "-m", "lln_jax.main", f"--config={config}:scheme=ll_cp,runlocal",
+        f"--config.data.data_dir={data_dir}", "--config.num_epochs=4",
+        "--config.checkpoint.every_steps=4", f"--workdir={workdir}",
+    ]  # fmt: skip
+
+
+def _wait_for(condition, process, timeout=300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, "the run ended too soon"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _final_params(workdir):
+    import orbax.checkpoint as ocp
+
+    latest = workdir / "checkpoints" / "latest"
+    step = max(int(p.name) for p in latest.iterdir() if p.name.isdigit())
+    return step, ocp.StandardCheckpointer().restore(latest / str(step) / "state")
+
+
+@pytest.mark.slow
+def test_a_stalled_owner_stops_when_it_wakes_and_the_taker_finishes_alone(data_dir, tmp_path):
+    """SIGSTOP past the lease (a suspended VM), a second run takes over, SIGCONT: the owner
+    stops at once with exit 75 and writes nothing more; the taker resumes and ends bit for
+    bit where an undisturbed run ends."""
+    import chex
+
+    environment = dict(os.environ, JAX_PLATFORMS="cpu", LLN_LEASE_S="4", LLN_LEASE_RENEW_S="1")
+    whole, shared = tmp_path / "whole", tmp_path / "shared"
+    subprocess.run(_run_command(data_dir, whole), env=environment, check=True, timeout=600,
+                   capture_output=True)  # fmt: skip
+    with (tmp_path / "owner.log").open("w") as log, (tmp_path / "taker.log").open("w") as log2:
+        owner = subprocess.Popen(_run_command(data_dir, shared), env=environment,
+                                 stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+        _wait_for((shared / "checkpoints" / "latest" / "16").exists, owner)
+        owner.send_signal(signal.SIGSTOP)
+        time.sleep(6)  # Past the 4 s lease.
+        taker = subprocess.Popen(_run_command(data_dir, shared), env=environment,
+                                 stdout=subprocess.DEVNULL, stderr=log2)  # fmt: skip
+        lock = shared / workdir_lock.LOCK_FILE
+        _wait_for(lambda: lock.exists() and f'"pid": {taker.pid}' in lock.read_text(), taker)
+        owner.send_signal(signal.SIGCONT)
+        assert owner.wait(timeout=120) == 75
+        said = (tmp_path / "owner.log").read_text()
+        assert "was taken over by another run" in said.splitlines()[-1], said[-2000:]
+        taker.wait(timeout=600)
+    taker_log = (tmp_path / "taker.log").read_text()
+    assert taker.returncode == 0, taker_log[-3000:]
+    assert not (shared / "checkpoints" / "quarantine").exists(), taker_log[-3000:]
+    whole_step, whole_state = _final_params(whole)
+    shared_step, shared_state = _final_params(shared)
+    assert whole_step == shared_step == 60
+    chex.assert_trees_all_equal(shared_state, whole_state)
+    results = [json.loads((d / "results.json").read_text()) for d in (whole, shared)]
+    assert results[0]["test_map"] == results[1]["test_map"]

@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 from etils import epath
 
-from lln_jax import checkpointing, stop_request, train, train_monitor, workdir_lock
+from lln_jax import (
+    atomic_write,
+    checkpointing,
+    run_identity,
+    stop_request,
+    train,
+    train_monitor,
+    workdir_lock,
+)
 from lln_jax import workdir as workdir_lib
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -108,6 +116,87 @@ def test_the_config_inside_the_checkpoint_guards_a_lost_config_file(data_dir, fi
         r"\(optim\.learning_rate: 0\.001 -> 0\.01\)",
     ):
         train.train_and_evaluate(other, str(workdir))
+
+
+def test_a_config_change_is_refused_not_taken_as_corruption(data_dir, finished, tmp_path):
+    """Another model's arrays would not restore: the record is compared before they are."""
+    workdir = _unfinished_copy(finished, tmp_path)
+    (workdir / "config.json").unlink()
+    other = _config(data_dir, **{"model.name": "resnet_small"})
+    with pytest.raises(
+        workdir_lib.ConfigMismatchError,
+        match=r"latest/30 holds a run of a different config \(model\.name: 'resnet_tiny' -> "
+        r"'resnet_small'\)",
+    ):
+        train.train_and_evaluate(other, str(workdir))
+    assert not (workdir / "checkpoints" / "quarantine").exists()
+    assert sorted(p.name for p in (workdir / "checkpoints" / "latest").iterdir()) == ["20", "30"]
+
+
+def _leftover_best_state(finished, tmp_path, *, keep_run_file: bool) -> pathlib.Path:
+    """A workdir that lost `latest/` and `config.json` but kept another run's best state."""
+    workdir = _unfinished_copy(finished, tmp_path)
+    shutil.rmtree(workdir / "checkpoints" / "latest")
+    (workdir / "config.json").unlink()
+    if not keep_run_file:
+        (workdir / run_identity.RUN_FILE).unlink()
+    return workdir
+
+
+def test_another_runs_best_state_is_refused_by_name(data_dir, finished, tmp_path):
+    workdir = _leftover_best_state(finished, tmp_path, keep_run_file=False)
+    best = next((workdir / "checkpoints" / "best").iterdir()).name
+    other = _config(data_dir, **{"optim.learning_rate": 0.01, "num_epochs": 1})
+    with pytest.raises(
+        run_identity.ForeignStateError,
+        match=rf"checkpoints/best/{best} belongs to another run \(run [0-9a-f]+, another config",
+    ):
+        train.train_and_evaluate(other, str(workdir))
+    assert not (workdir / "results.json").exists()
+
+
+def test_the_run_file_keeps_a_workdir_to_its_config(data_dir, finished, tmp_path):
+    workdir = _leftover_best_state(finished, tmp_path, keep_run_file=True)
+    other = _config(data_dir, **{"optim.learning_rate": 0.01, "num_epochs": 1})
+    with pytest.raises(workdir_lib.ConfigMismatchError, match=r"run\.json holds a run of a diff"):
+        train.train_and_evaluate(other, str(workdir))
+
+
+def test_every_checkpoint_carries_the_runs_identity(finished):
+    workdir = finished[0]
+    identity = json.loads((workdir / run_identity.RUN_FILE).read_text())
+    checkpointer = checkpointing.Checkpointer(f"{workdir}/checkpoints")
+    for name in ("latest", "best"):
+        for step in checkpointer.steps(name):
+            assert checkpointer.read_record(name, step)["identity"] == {
+                "run_id": identity["run_id"], "config_sha256": identity["config_sha256"]
+            }  # fmt: skip
+    checkpointer.close()
+    assert finished[2]["run_id"] == identity["run_id"]
+
+
+def test_an_unparsable_results_file_is_moved_aside_and_the_test_redone(
+    data_dir, finished, tmp_path
+):
+    workdir = _unfinished_copy(finished, tmp_path)
+    (workdir / "results.json").write_text('{"test_map": 38.7')  # A write cut short.
+    train.train_and_evaluate(_config(data_dir), str(workdir))
+    assert json.loads((workdir / "results.json").read_text())["test_map"] == finished[2]["test_map"]
+    assert len(list(workdir.glob("results.json.unreadable-*"))) == 1
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    path = tmp_path / "results.json"
+    atomic_write.write_atomic(path, '{"old": 1}')
+
+    def disk_fails(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_fails)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write.write_atomic(path, '{"new": 2}')
+    assert json.loads(path.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # No temporary left.
 
 
 def test_an_unreadable_config_file_is_named(data_dir, finished, tmp_path):
@@ -229,6 +318,16 @@ def test_a_loss_growing_by_orders_of_magnitude_is_warned_about(caplog):
     assert "optim.learning_rate=1e+06" in caplog.text
 
 
+def test_a_first_loss_far_above_chance_is_warned_about(caplog):
+    """A rate so high that the first interval already diverged leaves growth nothing to
+    measure: the first logged loss is compared with chance (log 2 per entry)."""
+    train_monitor.log_train_metrics(_Writer(), 5, _metrics(4.5e11), _run_stub(None), [])
+    assert "the loss 4.5e+11 is 6.49e+11 times chance (log 2 = 0.693 per entry" in caplog.text
+    caplog.clear()
+    train_monitor.log_train_metrics(_Writer(), 5, _metrics(0.9), _run_stub(None), [])
+    assert "chance" not in caplog.text
+
+
 def test_the_non_finite_message_says_whether_anything_was_saved():
     with pytest.raises(
         train_monitor.NonFiniteLossError, match="no checkpoint was saved in /runs/w"
@@ -236,3 +335,14 @@ def test_the_non_finite_message_says_whether_anything_was_saved():
         train_monitor.log_train_metrics(_Writer(), 5, _metrics(np.nan), _run_stub(None), [])
     with pytest.raises(train_monitor.NonFiniteLossError, match=r"newest checkpoint \(step 40\)"):
         train_monitor.log_train_metrics(_Writer(), 45, _metrics(np.inf), _run_stub(40), [])
+
+
+def test_a_workdir_that_is_a_file_or_cannot_be_written_is_refused(tmp_path):
+    regular = tmp_path / "a_file"
+    regular.write_text("")
+    with pytest.raises(workdir_lib.WorkdirError, match=r"a_file is a file, not a directory"):
+        workdir_lib.check_usable(str(regular))
+    with pytest.raises(workdir_lib.WorkdirError, match=r"a_file/run cannot be written"):
+        workdir_lib.check_usable(str(regular / "run"))
+    workdir_lib.check_usable(str(tmp_path / "new" / "run"))
+    assert [p.name for p in (tmp_path / "new" / "run").iterdir()] == []  # No probe left.

@@ -14,7 +14,7 @@ from absl import logging
 from etils import epath
 
 from lln_jax import image_storage, input_pipeline
-from lln_jax.datasets import coco, cub, digit_mosaics, formatted, prepared, resized, voc
+from lln_jax.datasets import coco, cub, digit_mosaics, formatted, prepared, records, resized, voc
 from lln_jax.datasets.manual import ManualBuilder
 
 
@@ -158,8 +158,10 @@ def prepare(
 ) -> tfds.core.DatasetBuilder:
     """Prepares `name` once (from a package, or from the files in `manual_dir`).
 
-    With `check_counts`, data prepared earlier must have had its counts checked too. Data
-    prepared before label files existed gets them (one read of every record) with `upgrade`.
+    With `check_counts`, data prepared earlier must have had its counts checked too. With
+    `upgrade`, every label file is verified against its checksum, and data prepared before
+    label files existed, or whose label file is missing or stale, gets them written again
+    (one read of every record).
 
     Raises:
       FileNotFoundError: a data set that needs downloaded files is not prepared and no
@@ -172,7 +174,9 @@ def prepare(
     if data_builder.is_prepared():
         if check_counts:
             check_counts_verified(name, data_builder)
-        if upgrade and not prepared.has_label_files(data_builder):
+        bad = prepared.bad_label_files(data_builder) if upgrade else []
+        if bad:
+            logging.warning("%s: %s missing or stale; rewriting", name, ", ".join(bad))
             _upgrade(name, data_builder)
         return data_builder
     if spec.needs_download and manual_dir is None:
@@ -233,8 +237,12 @@ def open_splits(
     data_builder = prepare(
         name, data_dir, check_counts=not allow_unchecked_counts, upgrade=not spec.needs_download
     )
-    sources = _sources(data_builder)
     command = f"python -m lln_jax.prepare {name} --data_dir={data_builder.data_dir_root}"
+    manual = " --manual_dir=DIR" if spec.needs_download else ""
+    sources = {
+        split: records.named(data_builder, split, source, command + manual)
+        for split, source in _sources(data_builder).items()
+    }
     if storage is not None:
         store_command = f"{command} --image_size={storage.size} --storage={storage.encoding}"
         sources = {

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from lln_jax.atomic_write import write_atomic
+
 RECORD = "preparation.json"
 LABEL_KEYS = ("labels", "example_id", "labels_obs")
 
@@ -46,7 +48,7 @@ def read_record(data_builder) -> dict[str, Any] | None:
 
 def write_record(data_builder, record: dict[str, Any]) -> None:
     path = _directory(data_builder) / RECORD
-    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def labels_from_records(source: Any, key: str = "labels") -> np.ndarray:
@@ -71,7 +73,7 @@ def write_label_files(data_builder, sources: dict[str, Any]) -> dict[str, dict[s
         np.savez(buffer, **arrays)
         payload = buffer.getvalue()
         name = f"labels-{split}.npz"
-        (_directory(data_builder) / name).write_bytes(payload)
+        write_atomic(_directory(data_builder) / name, payload)
         entries[split] = {
             "file": name,
             "count": len(source),
@@ -83,6 +85,22 @@ def write_label_files(data_builder, sources: dict[str, Any]) -> dict[str, dict[s
 def has_label_files(data_builder) -> bool:
     record = read_record(data_builder)
     return bool(record and record.get("label_files"))
+
+
+def bad_label_files(data_builder) -> list[str]:
+    """The label files the record lists that are missing or do not match their checksum
+    (every split's file when the record lists none)."""
+    directory, record = _directory(data_builder), read_record(data_builder) or {}
+    entries = record.get("label_files") or {}
+    if not entries:
+        return [f"labels-{split}.npz" for split in data_builder.info.splits]
+    bad = []
+    for entry in entries.values():
+        path = directory / entry["file"]
+        payload = path.read_bytes() if path.exists() else b""
+        if hashlib.sha256(payload).hexdigest() != entry["sha256"]:
+            bad.append(entry["file"])
+    return bad
 
 
 def read_labels(
