@@ -72,13 +72,16 @@ class StopRequest:
         lost = self._lease is not None and self._lease.lost
         if jax.process_count() == 1:
             if lost:
-                raise LeaseLostError(f"{self._lease.path}: taken over by another run")
+                raise LeaseLostError(self._lease.lost_message())
             return self.requested
         if step % every and not final:
             return False
         flags = multihost_utils.process_allgather(np.int32([self.requested, lost]))
         if np.any(flags[..., 1]):
-            raise LeaseLostError("the workdir's lease was taken over by another run")
+            raise LeaseLostError(
+                "the workdir's lease was taken over by another run while process 0 stalled; "
+                "stopping without saving, the other run owns the workdir"
+            )
         requests = flags[..., 0]
         if np.any(requests) and not self.requested:
             self.signal_name = "a signal to another process"

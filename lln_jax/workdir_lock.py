@@ -238,15 +238,15 @@ class WorkdirLock:
     def _write_renewal(self) -> None:
         with self._writing:
             if self.lost:
-                raise LeaseLostError(self._lost_message())
+                raise LeaseLostError(self.lost_message())
             try:
                 self._version = self._store.write(self._lease(), self._version)
             except _RaceLostError:
                 self._lost.set()
-                logging.error("%s", self._lost_message())
-                raise LeaseLostError(self._lost_message()) from None
+                logging.error("%s", self.lost_message())
+                raise LeaseLostError(self.lost_message()) from None
 
-    def _lost_message(self) -> str:
+    def lost_message(self) -> str:
         return (
             f"the lease {self.path} was taken over by another run (this one stalled past "
             f"{self.lease_s:.0f} s); stopping without saving, the other run owns the workdir"
