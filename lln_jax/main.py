@@ -92,7 +92,15 @@ def _run(argv) -> None:
         distributed.initialize()
     except distributed.DistributedSetupError as error:
         _refuse(str(error))
-    from lln_jax import checkpointing, stop_request, train, train_monitor, workdir, workdir_lock
+    from lln_jax import (
+        checkpointing,
+        datasets,
+        stop_request,
+        train,
+        train_monitor,
+        workdir,
+        workdir_lock,
+    )
 
     logging.info(
         "process %d of %d, %d local devices of %d (%s)",
@@ -102,6 +110,8 @@ def _run(argv) -> None:
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (workdir.WorkdirError, workdir_lock.WorkdirLockedError) as error:
+        _refuse(str(error))
+    except (datasets.DataNotPreparedError, *datasets.NOT_READY_ERRORS) as error:
         _refuse(str(error))
     except (train_monitor.NonFiniteLossError, checkpointing.SaveError) as error:
         sys.stderr.write(f"lln_jax.main: {error}\n")

@@ -40,7 +40,13 @@ def _file_as_workdir(tmp_path) -> list[str]:
     return [f"--workdir={tmp_path / 'a_file'}"]
 
 
+def _unprepared_data(tmp_path) -> list[str]:
+    config = CONFIG.with_name("cub.py")
+    return [f"--config={config}:scheme=ll_r,runlocal", f"--config.data.data_dir={tmp_path}"]
+
+
 CASES = {
+    "data set not prepared": (_unprepared_data, "is not prepared under"),
     "missing init_from": (lambda t: [f"--config.init_from={t / 'none.npz'}"], "does not exist"),
     "init_from of random bytes": (_noise_weights, "is not a .npz of weights"),
     "truncated config.json": (_workdir_with_a_torn_config, "config.json is not valid JSON"),
@@ -58,20 +64,23 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, case):
     arguments = make_arguments(tmp_path)
     if not any(a.startswith("--workdir=") for a in arguments):
         arguments.append(f"--workdir={tmp_path / 'run'}")
+    if not any(a.startswith("--config=") for a in arguments):
+        arguments.insert(0, f"--config={CONFIG}:scheme=ll_r,runlocal")
     start = time.time()
     try:
         finished = subprocess.run(
-            [sys.executable, "-m", "lln_jax.main", f"--config={CONFIG}:scheme=ll_r,runlocal",
-             *arguments],
+            [sys.executable, "-m", "lln_jax.main", *arguments],
             env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
             timeout=120,
         )  # fmt: skip
     finally:
         if case == "read-only workdir" and os.geteuid() == 0:
             subprocess.run(["umount", "-l", str(tmp_path / "read_only")], check=True)
-    lines = [line for line in finished.stderr.splitlines() if line.strip()]
+    said = finished.stderr[finished.stderr.find("lln_jax.main: ") :]
     assert finished.returncode == 2, finished.stderr
-    assert lines[-1].startswith("lln_jax.main: ") and expected in lines[-1], lines
+    assert said.startswith("lln_jax.main: ") and expected in said.splitlines()[0], said
     assert "Traceback" not in finished.stderr
-    assert time.time() - start < 30  # Before TensorFlow or the data are touched.
+    if case != "data set not prepared":  # Known only once the data is opened.
+        assert len(said.splitlines()) == 1, said
+        assert time.time() - start < 30  # Before TensorFlow or the data are touched.
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -64,6 +64,12 @@ def builder(name: str, data_dir: str | None, *, check_counts: bool = True):
 
 
 PREPARATION_RECORD = prepared.RECORD
+# What refuses a run before it starts, with the command that fixes it.
+NOT_READY_ERRORS = (prepared.LabelFileError, resized.StoreError)
+
+
+class DataNotPreparedError(FileNotFoundError):
+    """A data set that needs downloaded files is not prepared; the message says how."""
 
 
 def _expected_counts(data_builder) -> dict[str, int]:
@@ -180,7 +186,7 @@ def prepare(
             _upgrade(name, data_builder)
         return data_builder
     if spec.needs_download and manual_dir is None:
-        raise FileNotFoundError(
+        raise DataNotPreparedError(
             f"data set {name!r} is not prepared under {data_builder.data_dir}; run "
             f"`python -m lln_jax.prepare {name} --manual_dir=DIR` first.\n"
             f"{spec.builder_cls.MANUAL_DOWNLOAD_INSTRUCTIONS}"
