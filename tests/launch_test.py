@@ -130,3 +130,25 @@ def test_the_readme_walk_through_is_the_dry_run_output():
         words = shlex.split(command)
         assert words[2] == "--dry-run", command
         assert _dry_run(words[1:]) == output, command
+
+
+def test_setup_refuses_in_one_line_where_no_python_311_can_be_had(tmp_path):
+    """A TPU image's Python 3.10, no pip and no sudo: no uv, so no 3.11 to build the venv on."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "python3").write_text(
+        '#!/bin/bash\n[[ "$1" == "--version" ]] && echo "Python 3.10.12" && exit 0\nexit 1\n'
+    )
+    (fake_bin / "sudo").write_text("#!/bin/bash\nexit 1\n")
+    for script in fake_bin.iterdir():
+        script.chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(LAUNCH / "setup.sh"), "tpu"], capture_output=True, text=True,
+        env={"PATH": f"{fake_bin}:/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "setup.sh: lln_jax needs Python >= 3.11 and this machine has Python 3.10.12; uv could "
+        "not install one: install python3.11 (e.g. from the deadsnakes PPA) and rerun"
+    ]
+    assert not (tmp_path / "lln_venv").exists()
