@@ -105,12 +105,13 @@ def test_every_section_is_known(path):
     assert sections, f"{path} holds no case"
 
 
-def test_the_vendored_copies_equal_the_spec_where_it_is_beside_the_repository():
-    for name in VENDORED:
-        spec_copy = SPEC_DIR / name
-        if spec_copy.is_file():
-            vendored = json.loads((DATA_DIR / name).read_text())
-            assert vendored == json.loads(spec_copy.read_text()), f"tests/data/{name} is stale"
+@pytest.mark.parametrize("name", VENDORED)
+def test_the_vendored_copies_equal_the_spec_where_it_is_beside_the_repository(name):
+    spec_copy = SPEC_DIR / name
+    if not spec_copy.is_file():
+        pytest.skip(f"no {spec_copy} beside this checkout (a fresh clone): nothing to compare")
+    vendored = json.loads((DATA_DIR / name).read_text())
+    assert vendored == json.loads(spec_copy.read_text()), f"tests/data/{name} is stale"
 
 
 # ----------------------------------------------------------------------------- version 1
