@@ -21,8 +21,11 @@ $(BENCH_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/python -m lln_jax.main --config=configs/digits.py --workdir=runs/demo
 
+# The default tier in two worker processes (pytest-xdist): its tests are independent and
+# mostly single-threaded compiles. The slow tier stays in one process: its multi-process
+# jobs, leases and timeouts would compete for the cores.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2
 
 test-slow: $(BENCH_STAMP)
 	$(VENV)/bin/python -m pytest -m slow
