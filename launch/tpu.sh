@@ -17,8 +17,10 @@
 #   delete   delete the TPU VM or the queued resource
 #
 # Options (defaults in brackets):
-#   --name NAME [lln]            --zone ZONE [us-central2-b]
-#   --accelerator TYPE [v4-8]    --version RUNTIME [tpu-ubuntu2204-base]
+#   --name NAME [lln]            --zone ZONE [us-central2-b for v4; required otherwise]
+#   --accelerator TYPE [v4-8]    (v4-N, v5litepod-N, v5p-N, v6e-N)
+#   --version RUNTIME            [by the accelerator: v4 tpu-ubuntu2204-base, v5e
+#                                v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e]
 #   --pricing spot|on-demand|reserved [on-demand]
 #   --queued                     use a queued resource (create, recover, status, delete)
 #   --bucket gs://BUCKET         where the source, data, weights and runs go (required)
@@ -40,9 +42,13 @@ die() { echo "tpu.sh: $*" >&2; exit 2; }
 COMMAND="${1:-}"
 [[ -z "${COMMAND}" || "${COMMAND}" == -h || "${COMMAND}" == --help ]] && usage 0
 shift
-NAME=lln ZONE=us-central2-b ACCELERATOR=v4-8 VERSION=tpu-ubuntu2204-base PRICING=on-demand
+NAME=lln ZONE="" ACCELERATOR=v4-8 VERSION="" PRICING=on-demand
 QUEUED=0 BUCKET="" CONFIG="" WORKDIR="" DATASET="" IMAGE_SIZE="" DRY_RUN=0 EXTRA=()
 while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --queued|--dry-run|--) ;;
+    --*) [[ $# -ge 2 && "$2" != --* ]] || die "$1 needs a value" ;;
+  esac
   case "$1" in
     --name) NAME="$2"; shift 2 ;;
     --zone) ZONE="$2"; shift 2 ;;
@@ -63,6 +69,18 @@ done
 for word in "${EXTRA[@]}"; do
   [[ "${word}" != --dry-run ]] || die "--dry-run goes before --, not among lln_jax.main's flags"
 done
+# The runtime image and the default zone follow the accelerator's generation.
+case "${ACCELERATOR}" in
+  v4-*) DEFAULT_VERSION=tpu-ubuntu2204-base DEFAULT_ZONE=us-central2-b ;;
+  v5litepod-*) DEFAULT_VERSION=v2-alpha-tpuv5-lite DEFAULT_ZONE="" ;;
+  v5p-*) DEFAULT_VERSION=v2-alpha-tpuv5 DEFAULT_ZONE="" ;;
+  v6e-*) DEFAULT_VERSION=v2-alpha-tpuv6e DEFAULT_ZONE="" ;;
+  *) die "--accelerator ${ACCELERATOR}: give v4-N, v5litepod-N, v5p-N or v6e-N" ;;
+esac
+VERSION="${VERSION:-${DEFAULT_VERSION}}"
+ZONE="${ZONE:-${DEFAULT_ZONE}}"
+[[ -n "${ZONE}" ]] || die "--accelerator ${ACCELERATOR} needs --zone (a zone that offers it;" \
+  "us-central2-b, v4's default, does not)"
 WORKDIR="${WORKDIR:-${BUCKET}/runs/${NAME}}"
 SOURCE="${BUCKET}/launch/lln_jax.tar.gz"
 RUN_ARGS="${BUCKET}/launch/${NAME}/run.args"

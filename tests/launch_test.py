@@ -152,3 +152,32 @@ def test_setup_refuses_in_one_line_where_no_python_311_can_be_had(tmp_path):
         "not install one: install python3.11 (e.g. from the deadsnakes PPA) and rerun"
     ]
     assert not (tmp_path / "lln_venv").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["status", "--bucket", "gs://b", "--name"], "tpu.sh: --name needs a value"),
+        (["status", "--name", "--bucket", "gs://b"], "tpu.sh: --name needs a value"),
+        (["create", "--bucket", "gs://b", "--accelerator", "v5litepod-8"],
+         "tpu.sh: --accelerator v5litepod-8 needs --zone (a zone that offers it; "
+         "us-central2-b, v4's default, does not)"),
+        (["create", "--bucket", "gs://b", "--accelerator", "tpu7-8", "--zone", "z"],
+         "tpu.sh: --accelerator tpu7-8: give v4-N, v5litepod-N, v5p-N or v6e-N"),
+    ],
+)  # fmt: skip
+def test_a_missing_value_or_an_unknown_accelerator_is_one_line(args, said):
+    done = subprocess.run([*TPU, args[0], "--dry-run", *args[1:]], capture_output=True,
+                          text=True, cwd=ROOT)  # fmt: skip
+    assert (done.returncode, done.stderr.splitlines()) == (2, [said])
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "version"),
+    [("v4-8", "tpu-ubuntu2204-base"), ("v5litepod-8", "v2-alpha-tpuv5-lite"),
+     ("v5p-8", "v2-alpha-tpuv5"), ("v6e-8", "v2-alpha-tpuv6e")],
+)  # fmt: skip
+def test_the_runtime_image_follows_the_accelerator(accelerator, version):
+    printed = _dry_run(["create", "--bucket", "gs://b", "--zone", "some-zone-1a",
+                        "--accelerator", accelerator])  # fmt: skip
+    assert f"--accelerator-type={accelerator} --version={version}" in printed
