@@ -9,9 +9,20 @@ set -euo pipefail
 ARGS_FILE="${1:?give the gs:// file that holds the arguments of the run}"
 LOG="${HOME}/lln_logs/$(hostname).log"
 mkdir -p "${HOME}/lln_logs"
-# The file holds shell words (quoted where needed); xargs undoes the quoting.
-mapfile -t ARGS < <(gcloud storage cat "${ARGS_FILE}" | xargs printf '%s\n')
+# One training process per worker: a second one would fight the first for the TPU chips.
+PYTHON="${HOME}/lln_venv/bin/python"
+if running="$(pgrep -f "${PYTHON} -m lln_jax[.]main" | head -n 1)" && [[ -n "${running}" ]]; then
+  echo "run_worker.sh: $(hostname) already runs lln_jax.main (pid ${running}); stop it first" >&2
+  exit 2
+fi
+# The file holds shell words (quoted where needed); xargs undoes the quoting. Read it first,
+# so that a file that cannot be read fails here instead of starting python with no argument.
+if ! words="$(gcloud storage cat "${ARGS_FILE}")" || [[ -z "${words}" ]]; then
+  echo "run_worker.sh: cannot read the run's arguments from ${ARGS_FILE}" >&2
+  exit 2
+fi
+mapfile -t ARGS < <(xargs printf '%s\n' <<< "${words}")
 cd "${HOME}/lln_jax"
-LLN_MULTIHOST=1 nohup "${HOME}/lln_venv/bin/python" -m lln_jax.main "${ARGS[@]}" \
+LLN_MULTIHOST=1 nohup "${PYTHON}" -m lln_jax.main "${ARGS[@]}" \
   >> "${LOG}" 2>&1 < /dev/null &
 echo "started on $(hostname): log ${LOG}"

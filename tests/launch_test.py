@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -181,3 +182,54 @@ def test_the_runtime_image_follows_the_accelerator(accelerator, version):
     printed = _dry_run(["create", "--bucket", "gs://b", "--zone", "some-zone-1a",
                         "--accelerator", accelerator])  # fmt: skip
     assert f"--accelerator-type={accelerator} --version={version}" in printed
+
+
+def _worker_home(tmp_path, args_text: str | None) -> dict[str, str]:
+    """A worker's home: the checkout, a venv whose python records its arguments and stays
+    up a while, and a gcloud whose `storage cat` prints `args_text` (or fails)."""
+    home, fake_bin = tmp_path / "home", tmp_path / "bin"
+    (home / "lln_jax").mkdir(parents=True)
+    (home / "lln_venv" / "bin").mkdir(parents=True)
+    fake_bin.mkdir()
+    python = home / "lln_venv" / "bin" / "python"
+    python.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/argv\nsleep 30\n')
+    if args_text is None:
+        gcloud = "#!/bin/bash\necho 'ERROR: not found' >&2\nexit 1\n"
+    else:
+        gcloud = f"#!/bin/bash\ncat <<'END'\n{args_text}\nEND\n"
+    (fake_bin / "gcloud").write_text(gcloud)
+    for script in (python, fake_bin / "gcloud"):
+        script.chmod(0o755)
+    return {"PATH": f"{fake_bin}:/usr/bin:/bin", "HOME": str(home)}
+
+
+def _run_worker(environment):
+    return subprocess.run(["bash", str(LAUNCH / "run_worker.sh"), "gs://b/launch/n/run.args"],
+                          capture_output=True, text=True, env=environment, timeout=60)  # fmt: skip
+
+
+def test_run_worker_starts_one_process_with_the_runs_words_and_refuses_a_second(tmp_path):
+    environment = _worker_home(tmp_path, "--config=configs/coco.py:scheme=ll_r '--x=a b'")
+    started = _run_worker(environment)
+    assert started.returncode == 0 and started.stdout.startswith("started on "), started.stderr
+    deadline = time.time() + 10
+    while not (tmp_path / "argv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "argv").read_text().splitlines() == [
+        "-m", "lln_jax.main", "--config=configs/coco.py:scheme=ll_r", "--x=a b"
+    ]  # fmt: skip
+    try:
+        again = _run_worker(environment)
+        assert again.returncode == 2
+        assert "already runs lln_jax.main (pid " in again.stderr
+    finally:
+        subprocess.run(["pkill", "-f", f"{environment['HOME']}/lln_venv/bin/python"])
+
+
+def test_run_worker_refuses_when_the_arguments_cannot_be_read(tmp_path):
+    failed = _run_worker(_worker_home(tmp_path, None))
+    assert failed.returncode == 2
+    assert failed.stderr.splitlines()[-1] == (
+        "run_worker.sh: cannot read the run's arguments from gs://b/launch/n/run.args"
+    )
+    assert not (tmp_path / "argv").exists()
