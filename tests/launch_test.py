@@ -233,3 +233,28 @@ def test_run_worker_refuses_when_the_arguments_cannot_be_read(tmp_path):
         "run_worker.sh: cannot read the run's arguments from gs://b/launch/n/run.args"
     )
     assert not (tmp_path / "argv").exists()
+
+
+@pytest.mark.parametrize(("run_exit", "job_exit", "requeued"), [(75, 0, True), (0, 0, False),
+                                                                 (1, 1, False)])  # fmt: skip
+def test_the_slurm_job_requeues_itself_when_the_run_stopped_after_a_checkpoint(
+    tmp_path, run_exit, job_exit, requeued
+):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text(f'#!/bin/bash\necho "srun $*" >> {tmp_path}/calls\n'
+                                   f"exit {run_exit}\n")  # fmt: skip
+    (fake_bin / "scontrol").write_text(f'#!/bin/bash\necho "scontrol $*" >> {tmp_path}/calls\n')
+    for script in fake_bin.iterdir():
+        script.chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(LAUNCH / "slurm.sbatch"), "configs/coco.py:scheme=ll_r", "gs://b/runs/r"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={"PATH": f"{fake_bin}:/usr/bin:/bin", "HOME": "/home/u", "SLURM_JOB_ID": "42"},
+    )  # fmt: skip
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert done.returncode == job_exit, done.stderr
+    assert calls[0].startswith("srun --kill-on-bad-exit=1 --output=lln_logs/%x-%j-%t.log env ")
+    assert "--config.data.data_dir=gs://b/tfds" in calls[0]
+    assert calls[1:] == (["scontrol requeue 42"] if requeued else [])
+    assert (tmp_path / "lln_logs").is_dir()
