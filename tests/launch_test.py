@@ -192,7 +192,10 @@ def _worker_home(tmp_path, args_text: str | None) -> dict[str, str]:
     (home / "lln_venv" / "bin").mkdir(parents=True)
     fake_bin.mkdir()
     python = home / "lln_venv" / "bin" / "python"
-    python.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/argv\nsleep 30\n')
+    python.write_text(  # Written whole, then renamed: the test waits for the name.
+        f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/argv.tmp\n'
+        f"mv {tmp_path}/argv.tmp {tmp_path}/argv\nsleep 30\n"
+    )
     if args_text is None:
         gcloud = "#!/bin/bash\necho 'ERROR: not found' >&2\nexit 1\n"
     else:
