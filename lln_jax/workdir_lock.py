@@ -258,7 +258,9 @@ class WorkdirLock:
                 self._write_renewal()
             except LeaseLostError:
                 return
-            except OSError as error:  # A transient storage error: try again next time.
+            except Exception as error:  # A transient storage error (an OSError, or one of
+                # google-cloud-storage's): try again next time rather than let the heartbeat
+                # die and the lease go stale under a live run.
                 logging.warning("Could not renew the lease %s: %s", self.path, error)
 
     def verify(self) -> None:
