@@ -87,9 +87,8 @@ def check_record(identity: RunIdentity, record: dict[str, Any] | None, source: s
     theirs = of_record(record)
     if theirs is None or theirs == identity:
         return
-    config = (
-        "the same config" if theirs.config_sha256 == identity.config_sha256 else ("another config")
-    )
+    same_config = theirs.config_sha256 == identity.config_sha256
+    config = "the same config" if same_config else "another config"
     raise ForeignStateError(
         f"{source} belongs to another run (run {theirs.run_id}, {config}; this run is "
         f"{identity.run_id}): leftovers of an earlier run in this workdir; move them away "

@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from lln_jax.workdir_lock import LeaseLostError, WorkdirLock
+from lln_jax.workdir_lock import LOST_BY_PROCESS_0, LeaseLostError, WorkdirLock
 
 
 class RunInterruptedError(Exception):
@@ -78,10 +78,7 @@ class StopRequest:
             return False
         flags = multihost_utils.process_allgather(np.int32([self.requested, lost]))
         if np.any(flags[..., 1]):
-            raise LeaseLostError(
-                "the workdir's lease was taken over by another run while process 0 stalled; "
-                "stopping without saving, the other run owns the workdir"
-            )
+            raise LeaseLostError(LOST_BY_PROCESS_0)
         requests = flags[..., 0]
         if np.any(requests) and not self.requested:
             self.signal_name = "a signal to another process"

@@ -225,19 +225,19 @@ class _Run:
         Raises:
           workdir_lock.LeaseLostError: on every process, when another run took it over.
         """
-        lost = False
+        lost = None
         if self.lease is not None and jax.process_index() == 0:
             try:
                 self.lease.verify()
-            except workdir_lock.LeaseLostError:
-                lost = True
-        if jax.process_count() > 1:
-            lost = bool(multihost_utils.broadcast_one_to_all(np.int32(lost)))
-        if lost:
-            raise workdir_lock.LeaseLostError(
-                f"the lease of {self.workdir} was taken over by another run while this one "
-                "stalled; stopped without saving (the other run owns the workdir now)"
-            )
+            except workdir_lock.LeaseLostError as error:
+                lost = error
+        process_0_lost = jax.process_count() > 1 and bool(
+            multihost_utils.broadcast_one_to_all(np.int32(lost is not None))
+        )
+        if process_0_lost and lost is None:
+            lost = workdir_lock.LeaseLostError(workdir_lock.LOST_BY_PROCESS_0)
+        if lost is not None:
+            raise lost
 
     def identity_record(self) -> dict[str, Any]:
         return {"identity": self.identity.to_json()}

@@ -46,6 +46,13 @@ class LeaseLostError(RuntimeError):
     """Another run took the workdir's lease over while this one held it."""
 
 
+# What a process other than the lease's holder says when process 0 lost the lease.
+LOST_BY_PROCESS_0 = (
+    "the workdir's lease was taken over by another run while process 0 stalled; stopping "
+    "without saving, the other run owns the workdir"
+)
+
+
 class _RaceLostError(Exception):
     """The lease changed since it was read: another writer came first."""
 

@@ -360,6 +360,15 @@ def _label_file(data_dir, name="cub", split="train"):
     return pathlib.Path(builder.data_dir) / f"labels-{split}.npz", builder
 
 
+def _prepared_cub(tmp_path):
+    """The tiny CUB prepared without the count check: its manual dir, data dir, train label
+    file and builder."""
+    manual, _, _ = _write_cub(tmp_path / "manual")
+    _prepare("cub", tmp_path, manual)
+    data_dir = tmp_path / "data"
+    return (manual, data_dir, *_label_file(data_dir))
+
+
 def test_a_stale_or_mismatching_label_file_is_refused(tmp_path):
     manual, _, _ = _write_cub(tmp_path / "manual")
     _prepare("cub", tmp_path, manual)
@@ -418,10 +427,7 @@ def test_a_manual_dir_on_gs_is_read_through_the_path_layer(tmp_path, fake_gcs):
 
 
 def test_prepare_verifies_every_label_file_and_rewrites_a_bad_one(tmp_path):
-    manual, _, _ = _write_cub(tmp_path / "manual")
-    _prepare("cub", tmp_path, manual)
-    data_dir = tmp_path / "data"
-    path, _ = _label_file(data_dir)
+    manual, data_dir, path, _ = _prepared_cub(tmp_path)
     original = path.read_bytes()
     path.write_bytes(original[: len(original) // 2])  # A copy cut short.
     with pytest.raises(prepared.LabelFileError, match=r"labels-train\.npz .*checksum"):
@@ -433,10 +439,7 @@ def test_prepare_verifies_every_label_file_and_rewrites_a_bad_one(tmp_path):
 
 
 def test_a_corrupt_record_names_its_file_and_the_preparation(tmp_path):
-    manual, _, _ = _write_cub(tmp_path / "manual")
-    _prepare("cub", tmp_path, manual)
-    data_dir = tmp_path / "data"
-    _, builder = _label_file(data_dir)
+    _, data_dir, _, builder = _prepared_cub(tmp_path)
     (record_file,) = pathlib.Path(builder.data_dir).glob("*-train.array_record-*")
     payload = bytearray(record_file.read_bytes())
     start = len(payload) // 25  # Inside the first chunk of records (the rest is padding).

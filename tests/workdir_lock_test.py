@@ -129,18 +129,18 @@ def test_a_stalled_owner_stops_when_it_wakes_and_the_taker_finishes_alone(data_d
     import chex
 
     environment = dict(os.environ, JAX_PLATFORMS="cpu", LLN_LEASE_S="4", LLN_LEASE_RENEW_S="1")
-    whole, shared = tmp_path / "whole", tmp_path / "shared"
+    whole, contested = tmp_path / "whole", tmp_path / "contested"
     subprocess.run(_run_command(data_dir, whole), env=environment, check=True, timeout=600,
                    capture_output=True)  # fmt: skip
     with (tmp_path / "owner.log").open("w") as log, (tmp_path / "taker.log").open("w") as log2:
-        owner = subprocess.Popen(_run_command(data_dir, shared), env=environment,
+        owner = subprocess.Popen(_run_command(data_dir, contested), env=environment,
                                  stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
-        _wait_for((shared / "checkpoints" / "latest" / "16").exists, owner)
+        _wait_for((contested / "checkpoints" / "latest" / "16").exists, owner)
         owner.send_signal(signal.SIGSTOP)
         time.sleep(6)  # Past the 4 s lease.
-        taker = subprocess.Popen(_run_command(data_dir, shared), env=environment,
+        taker = subprocess.Popen(_run_command(data_dir, contested), env=environment,
                                  stdout=subprocess.DEVNULL, stderr=log2)  # fmt: skip
-        lock = shared / workdir_lock.LOCK_FILE
+        lock = contested / workdir_lock.LOCK_FILE
         _wait_for(lambda: lock.exists() and f'"pid": {taker.pid}' in lock.read_text(), taker)
         owner.send_signal(signal.SIGCONT)
         assert owner.wait(timeout=120) == 75
@@ -149,10 +149,10 @@ def test_a_stalled_owner_stops_when_it_wakes_and_the_taker_finishes_alone(data_d
         taker.wait(timeout=600)
     taker_log = (tmp_path / "taker.log").read_text()
     assert taker.returncode == 0, taker_log[-3000:]
-    assert not (shared / "checkpoints" / "quarantine").exists(), taker_log[-3000:]
+    assert not (contested / "checkpoints" / "quarantine").exists(), taker_log[-3000:]
     whole_step, whole_state = _final_params(whole)
-    shared_step, shared_state = _final_params(shared)
-    assert whole_step == shared_step == 60
-    chex.assert_trees_all_equal(shared_state, whole_state)
-    results = [json.loads((d / "results.json").read_text()) for d in (whole, shared)]
+    contested_step, contested_state = _final_params(contested)
+    assert whole_step == contested_step == 60
+    chex.assert_trees_all_equal(contested_state, whole_state)
+    results = [json.loads((d / "results.json").read_text()) for d in (whole, contested)]
     assert results[0]["test_map"] == results[1]["test_map"]
