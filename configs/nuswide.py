@@ -15,6 +15,8 @@ RECIPES = {
     "ll_r": {"delta_rel": 0.004},
     "ll_ct": {"delta_rel": 0.002},
     "ll_cp": {"delta_rel": 0.002},
+    # GR Loss: its code\'s defaults and training (AEVLP\'s values in config_lib).
+    "gr": {**config_lib.GR_LOSS, **config_lib.GR_TRAINING},
 }
 
 

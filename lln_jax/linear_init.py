@@ -3,9 +3,10 @@
 The backbone's global-average-pooled features of the train split are computed once (eval-mode
 BatchNorm, no flip) and kept on the host; the plain linear head (BoostLU's alpha does not
 apply to pooled features) is then trained on them for `num_epochs` with the run's scheme at
-its first-epoch rate (0 for the large-loss family: no selection before the model has learned
-the clean labels), with its own learning rate and batch size. A scheme's learned values
-(ROLE's label estimator) and state train along. The end-to-end run then starts from that
+its first-epoch values (`schemes.first_epoch_values`: rate 0 for the large-loss family, no
+selection before the model has learned the clean labels; GR's epoch-1 weights), with its
+own learning rate and batch size. A scheme's learned values (ROLE's label estimator) and
+state train along. The end-to-end run then starts from that
 head, estimator and scheme state.
 
 The phase is resumable: its state is saved at every epoch end under
@@ -47,14 +48,15 @@ def create_head_state(head: Any, scheme_state: Any, scheme_params: Any, tx) -> H
 def head_step(
     state: HeadState, batch: dict[str, jax.Array], *, head: nn.Module, scheme: schemes.LossScheme
 ) -> tuple[HeadState, jax.Array]:
-    """One optimizer step of the head (and the scheme's learned values) on pooled features."""
-    rate = scheme.rate_fn(jnp.int32(0))
+    """One optimizer step of the head (and the scheme's learned values) on pooled features,
+    with the scheme at its first-epoch values: the head phase precedes the run's epoch 1."""
+    scheduled = schemes.first_epoch_values(scheme)
     features = batch["features"][:, None, None, :]  # A 1x1 map: pooling is the identity.
 
     def loss_fn(trainable):
         logits = head.apply({"params": trainable["model"][resnet.HEAD_NAME]}, features)
         loss, scheme_state, _ = scheme.apply(
-            logits, batch, state.scheme_state, rate, params=trainable["scheme"]
+            logits, batch, state.scheme_state, scheduled, params=trainable["scheme"]
         )
         return loss, scheme_state
 

@@ -68,6 +68,72 @@ def mean_average_precision(
     return float(100.0 * np.mean(average_precisions(scores, labels)))
 
 
+# mAP over observed labels (SPEC.md section 12): which classes enter the mean.
+OBSERVED_MAP_CONVENTIONS = ("ll", "imcl", "csl")
+
+
+def observed_average_precisions(scores: np.ndarray, labels_obs: np.ndarray) -> np.ndarray:
+    """Per-class AP over each class's observed rows (+1 or -1), against `label == +1`.
+
+    An unobserved row is scored -inf (below every real score) as a negative: it ranks after
+    every observed row, so it changes no precision at an observed positive.
+    """
+    scores, labels_obs = np.asarray(scores, np.float64), np.asarray(labels_obs)
+    if scores.shape != labels_obs.shape:
+        raise ValueError(f"scores {scores.shape} and labels_obs {labels_obs.shape} must match")
+    observed = labels_obs != 0
+    return average_precisions(np.where(observed, scores, -np.inf), labels_obs == 1)
+
+
+def kept_classes(labels_obs: np.ndarray, convention: str) -> np.ndarray:
+    """`[C]` bool: the classes a convention's mean includes.
+
+    `ll`: every class with an observed row; `imcl`: every class; `csl`: every class with an
+    observed positive and an observed negative.
+    """
+    labels_obs = np.asarray(labels_obs)
+    if convention == "ll":
+        return (labels_obs != 0).any(axis=0)
+    if convention == "imcl":
+        return np.ones(labels_obs.shape[1], bool)
+    if convention == "csl":
+        return (labels_obs == 1).any(axis=0) & (labels_obs == -1).any(axis=0)
+    raise ValueError(f"unknown convention {convention!r}; valid: {OBSERVED_MAP_CONVENTIONS}")
+
+
+def observed_mean_average_precision(
+    scores: np.ndarray, labels_obs: np.ndarray, convention: str = "ll"
+) -> float:
+    """mAP in percent over observed labels: the mean AP of the classes `convention` keeps."""
+    kept = kept_classes(labels_obs, convention)
+    aps = observed_average_precisions(scores, labels_obs)
+    return float(100.0 * aps[kept].mean()) if kept.any() else float("nan")
+
+
+def frequency_groups(train_labels_obs: np.ndarray, num_groups: int = 5) -> list[np.ndarray]:
+    """Class indices in `num_groups` groups by observed train positives, the rarest first.
+
+    Classes sorted ascending by their count (ties: the lower index first), then cut into
+    consecutive groups with `numpy.array_split`.
+    """
+    positives = (np.asarray(train_labels_obs) == 1).sum(axis=0)
+    order = np.argsort(positives, kind="stable")
+    return np.array_split(order, num_groups)
+
+
+def grouped_observed_map(
+    scores: np.ndarray, labels_obs: np.ndarray, groups: list[np.ndarray], convention: str = "ll"
+) -> list[float]:
+    """Each group's mAP over observed labels, in the convention, over its own classes."""
+    aps = observed_average_precisions(scores, labels_obs)
+    kept = kept_classes(labels_obs, convention)
+    maps = []
+    for group in groups:
+        in_mean = group[kept[group]]
+        maps.append(float(100.0 * aps[in_mean].mean()) if len(in_mean) else float("nan"))
+    return maps
+
+
 def unobserved_losses(
     scores: np.ndarray, labels_true: np.ndarray, labels_obs: np.ndarray
 ) -> dict[str, float]:
@@ -136,7 +202,6 @@ class TrainMetrics(clu_metrics.Collection):
     """Per-step training metrics, merged on device and computed at log time."""
 
     loss: clu_metrics.Average.from_output("loss")
-    rate: clu_metrics.LastValue.from_output("rate")
     k: clu_metrics.LastValue.from_output("k")
     modified_fraction: clu_metrics.Average.from_output("modified_fraction")
     grad_norm: clu_metrics.Average.from_output("grad_norm")

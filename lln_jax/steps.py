@@ -4,7 +4,7 @@ Collaborators (the model and the loss scheme) are keyword-only and bound once wi
 `functools.partial` before `jax.jit`, so the step can be tested with any model.
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -19,14 +19,19 @@ Batch = dict[str, jax.Array]
 
 def train_step(
     state: TrainState, batch: Batch, *, model: nn.Module, scheme: schemes.LossScheme
-) -> tuple[TrainState, metrics.TrainMetrics]:
-    """One optimizer step on a global batch; returns the new state and its metrics.
+) -> tuple[TrainState, metrics.TrainMetrics, NamedTuple]:
+    """One optimizer step on a global batch.
 
-    Everything that changes over training (the step, hence the epoch, the rate and k; the
-    number of real examples) is traced, so the step compiles once.
+    Everything that changes over training (the step, hence the epoch and what the scheme's
+    schedule derives from it, k; the number of real examples) is traced, so the step
+    compiles once.
+
+    Returns:
+      The new state, the step's metrics, and the scheme's schedule at this step (its named
+      values, passed to the scheme unchanged and returned for the loop to log).
     """
     rng = jax.random.fold_in(state.rng, state.step)
-    rate = scheme.rate_fn(state.step)
+    scheduled = scheme.schedule(state.step)
 
     def loss_fn(trainable):
         logits, updates = model.apply(
@@ -38,7 +43,7 @@ def train_step(
             rngs={"dropout": rng},
         )
         loss, scheme_state, aux = scheme.apply(
-            logits, batch, state.scheme_state, rate, params=trainable["scheme"]
+            logits, batch, state.scheme_state, scheduled, params=trainable["scheme"]
         )
         return loss, (updates["batch_stats"], scheme_state, aux)
 
@@ -58,15 +63,14 @@ def train_step(
     )
     train_metrics = metrics.TrainMetrics.single_from_model_output(
         loss=loss,
-        rate=aux["rate"],
-        k=aux["k"].astype(jnp.float32),
-        modified_fraction=aux["modified_fraction"],
+        k=aux.k.astype(jnp.float32),
+        modified_fraction=aux.modified_fraction,
         grad_norm=optax.tree.norm(grads["model"]),
         param_norm=optax.tree.norm(trained["model"]),
         update_norm=optax.tree.norm(updates["model"]),
-        **_selection_counts(aux["modified"], batch),
+        **_selection_counts(aux.modified, batch),
     )
-    return new_state, train_metrics
+    return new_state, train_metrics, scheduled
 
 
 def _selection_counts(modified: jax.Array, batch: Batch) -> dict[str, jax.Array]:

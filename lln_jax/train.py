@@ -174,7 +174,7 @@ class _Run:
         self.jit_train_step = jax.jit(
             functools.partial(steps.train_step, model=self.model, scheme=self.scheme),
             donate_argnums=0,
-            out_shardings=(self.replicated, self.replicated),
+            out_shardings=(self.replicated, self.replicated, self.replicated),
         )
         self.jit_eval_step = jax.jit(
             functools.partial(steps.eval_step, model=self.model), out_shardings=self.replicated
@@ -339,7 +339,7 @@ def _train(run: _Run, state: TrainState, record: dict, writer, stop_request) -> 
     batches = input_pipeline.TimedBatches(run.train_batches(start=step))
     for batch in batches:
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            state, update = run.jit_train_step(
+            state, update, scheduled = run.jit_train_step(
                 state, input_pipeline.to_global(batch, run.data_sharding)
             )
         train_metrics = update if train_metrics is None else train_metrics.merge(update)
@@ -351,6 +351,7 @@ def _train(run: _Run, state: TrainState, record: dict, writer, stop_request) -> 
         if step % config.log_every_steps == 0 or save:
             _add_selection_totals(record, metrics.selection_totals(train_metrics))
             train_monitor.log_train_metrics(writer, step, train_metrics, run, first_loss)
+            writer.write_scalars(step, train_monitor.schedule_scalars(scheduled))
             writer.write_scalars(step, batches.take_scalars())
             train_metrics = None
         stop = epoch_ends and _end_of_epoch(run, state, step, record)

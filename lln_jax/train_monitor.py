@@ -65,3 +65,8 @@ def log_train_metrics(writer, step: int, train_metrics, run: Any, first_loss: li
     scalars = {f"train/{name}": float(value) for name, value in values.items()}
     scalars["train/learning_rate"] = run.lr_fn(step)
     writer.write_scalars(step, scalars)
+
+
+def schedule_scalars(scheduled) -> dict[str, float]:
+    """The scheme's schedule at the last step, by field name (`train/rate`, `train/epoch`)."""
+    return {f"train/{name}": float(v) for name, v in jax.device_get(scheduled)._asdict().items()}

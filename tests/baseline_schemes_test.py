@@ -52,7 +52,7 @@ def _batch(labels_obs, mask=None, example_id=None):
 
 def _loss_and_grads(scheme, logits, batch, params):
     def loss_fn(x, p):
-        return scheme.apply(x, batch, scheme.init(), jnp.float32(0.0), params=p)[0]
+        return scheme.apply(x, batch, scheme.init(), schemes.Unscheduled(), params=p)[0]
 
     return jax.value_and_grad(loss_fn, argnums=(0, 1))(logits, params)
 
@@ -87,9 +87,10 @@ def test_no_baseline_selects_anything(name):
     logits, labels_obs = _problem(4, 3)
     scheme = schemes.create(name, context=_context(4, 3), **HPARAMS[name])
     params = scheme.init_params(jax.random.PRNGKey(0), jnp.asarray(labels_obs))
-    _, _, aux = scheme.apply(logits, _batch(labels_obs), scheme.init(), 0.5, params=params)
-    assert not aux["modified"].any() and int(aux["k"]) == 0
-    assert float(scheme.rate_fn(jnp.int32(100))) == 0.0
+    scheduled = scheme.schedule(jnp.int32(100))
+    assert scheduled == schemes.Unscheduled()
+    _, _, aux = scheme.apply(logits, _batch(labels_obs), scheme.init(), scheduled, params=params)
+    assert not aux.modified.any() and int(aux.k) == 0
 
 
 def test_role_estimator_starts_from_the_observed_positives_and_the_seed():

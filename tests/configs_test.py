@@ -100,6 +100,21 @@ def test_baseline_recipes(name):
     assert _load(name, "scheme=an_ls").scheme.label_smoothing == 0.1
 
 
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_gr_recipe_is_its_codes_defaults_and_training(name):
+    config = _load(name, "scheme=gr")
+    assert tuple(config.scheme.beta) == (0.0, 2.0, -2.0, -2.0)
+    assert tuple(config.scheme.alpha) == (0.5, 2.0, 0.8, 0.5)
+    assert (config.scheme.q2, config.scheme.q3) == (0.01, 1.0)
+    assert (config.optim.name, config.optim.learning_rate, config.optim.weight_decay) == (
+        "adam", 1e-5, 0.0,
+    )  # fmt: skip
+    assert (config.optim.head_lr_multiplier, config.data.batch_size) == (10.0, 8)
+    assert (config.num_epochs, config.early_stop_drop) == (8, 2.0)
+    ll_r = _load(name, "scheme=ll_r")
+    assert (ll_r.num_epochs, ll_r.early_stop_drop) == (10, 3.0)
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_recipe_states_exactly_its_schemes_hyperparameters(name):
     for scheme in SCHEMES:

@@ -45,7 +45,7 @@ def _batch(labels_obs, mask=None, example_id=None):
 
 def _apply_with_grad(scheme, logits, batch, state, rate):
     def loss_fn(x):
-        loss, new_state, aux = scheme.apply(x, batch, state, rate)
+        loss, new_state, aux = scheme.apply(x, batch, state, schemes.SelectionRate(rate))
         return loss, (new_state, aux)
 
     (loss, (new_state, aux)), grad = jax.value_and_grad(loss_fn, has_aux=True)(logits)
@@ -84,7 +84,7 @@ def test_rate_zero_equals_assume_negative(name):
     loss, grad, _, aux = _apply_with_grad(scheme, LOGITS_2X3, batch, scheme.init(), 0.0)
     np.testing.assert_allclose(loss, an_loss, rtol=1e-6)
     np.testing.assert_allclose(grad, an_grad, rtol=1e-6)
-    assert not aux["modified"].any()
+    assert not aux.modified.any()
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_one_selected_entry_is_rejected_or_corrected(name, expected_loss_on_m):
     _, _, _, aux = _apply_with_grad(scheme, LOGITS_2X3, _batch(LABELS_2X3), scheme.init(), 1 / 6)
     expected_modified = np.zeros((2, 3), bool)
     expected_modified[1, 1] = True
-    np.testing.assert_array_equal(aux["modified"], expected_modified)
+    np.testing.assert_array_equal(aux.modified, expected_modified)
     an = _scheme("an", _context(2, 3))
     an_loss, _, _, _ = _apply_with_grad(an, LOGITS_2X3, _batch(LABELS_2X3), an.init(), 0.0)
     loss, _, _, _ = _apply_with_grad(scheme, LOGITS_2X3, _batch(LABELS_2X3), scheme.init(), 1 / 6)
@@ -118,8 +118,10 @@ def test_one_selected_entry_is_rejected_or_corrected(name, expected_loss_on_m):
 def test_observed_entries_are_never_modified(name, problem):
     logits, labels_obs, rate = problem
     scheme = _scheme(name, _context(*labels_obs.shape), delta_rel=rate)
-    _, state, aux = scheme.apply(logits, _batch(labels_obs), scheme.init(), rate)
-    assert not np.asarray(aux["modified"])[labels_obs != 0].any()
+    _, state, aux = scheme.apply(
+        logits, _batch(labels_obs), scheme.init(), schemes.SelectionRate(rate)
+    )
+    assert not np.asarray(aux.modified)[labels_obs != 0].any()
     if name == "ll_cp":
         assert not np.asarray(state.corrected)[labels_obs != 0].any()
 
@@ -131,10 +133,10 @@ def test_without_ties_exactly_k_entries_are_modified(name, problem):
     logits, labels_obs, rate = problem
     rows, classes = labels_obs.shape
     scheme = _scheme(name, _context(rows, classes), delta_rel=rate)
-    _, _, aux = scheme.apply(logits, _batch(labels_obs), scheme.init(), rate)
+    _, _, aux = scheme.apply(logits, _batch(labels_obs), scheme.init(), schemes.SelectionRate(rate))
     k = int(schemes.num_selected(rate, rows * classes))
-    assert int(aux["modified"].sum()) == min(k, int((labels_obs == 0).sum()))
-    modified, unobserved = np.asarray(aux["modified"]), labels_obs == 0
+    assert int(aux.modified.sum()) == min(k, int((labels_obs == 0).sum()))
+    modified, unobserved = np.asarray(aux.modified), labels_obs == 0
     losses = np.asarray(jax.nn.softplus(logits))  # The AN loss of an unobserved entry.
     assert losses[modified].min(initial=np.inf) > losses[unobserved & ~modified].max(initial=-1)
 
@@ -168,11 +170,11 @@ def test_ll_cp_table_only_gains_entries(seed, steps, rate):
         ids = rng.choice(num_examples, batch_size, replace=False)
         logits = jnp.asarray(rng.normal(size=(batch_size, classes)) * 3, jnp.float32)
         batch = _batch(labels_obs[ids], example_id=ids)
-        _, new_state, aux = scheme.apply(logits, batch, state, rate)
+        _, new_state, aux = scheme.apply(logits, batch, state, schemes.SelectionRate(rate))
         before, after = np.asarray(state.corrected), np.asarray(new_state.corrected)
         assert np.all(after >= before), "a correction was undone"
         gained = np.zeros_like(before)
-        gained[ids] = np.asarray(aux["flipped"])
+        gained[ids] = np.asarray(aux.flipped)
         np.testing.assert_array_equal(after, before | gained)
         state = new_state
     assert not np.asarray(state.corrected)[labels_obs == 1].any()
@@ -201,8 +203,8 @@ def test_padding_rows_change_nothing(name):
     np.testing.assert_allclose(loss, real_out[0], rtol=1e-6)
     np.testing.assert_allclose(grad[:4], real_out[1], rtol=1e-6)
     np.testing.assert_array_equal(grad[4:], 0.0)
-    np.testing.assert_array_equal(aux["modified"][:4], real_out[3]["modified"])
-    assert not aux["modified"][4:].any()
+    np.testing.assert_array_equal(aux.modified[:4], real_out[3].modified)
+    assert not aux.modified[4:].any()
     if name == "ll_cp":
         np.testing.assert_array_equal(state.corrected, real_out[2].corrected)
 
@@ -222,9 +224,10 @@ def test_schedules_follow_the_spec():
     context = _context(16, 20, steps_per_epoch=3)
     ll_r, ll_cp = _scheme("ll_r", context, 0.1), _scheme("ll_cp", context, 0.1)
     steps = jnp.arange(12)  # Epochs 1, 1, 1, 2, 2, 2, 3, ...
-    np.testing.assert_allclose(jax.vmap(ll_r.rate_fn)(steps), np.repeat([0, 0.1, 0.2, 0.3], 3))
-    np.testing.assert_allclose(jax.vmap(ll_cp.rate_fn)(steps), np.repeat([0, 0.1, 0.1, 0.1], 3))
-    np.testing.assert_array_equal(jax.vmap(_scheme("an", context).rate_fn)(steps), 0.0)
+    ll_r_rates, ll_cp_rates = jax.vmap(ll_r.schedule)(steps), jax.vmap(ll_cp.schedule)(steps)
+    np.testing.assert_allclose(ll_r_rates.rate, np.repeat([0, 0.1, 0.2, 0.3], 3))
+    np.testing.assert_allclose(ll_cp_rates.rate, np.repeat([0, 0.1, 0.1, 0.1], 3))
+    assert _scheme("an", context).schedule(steps) == schemes.Unscheduled()
 
 
 def test_growing_rate_saturates_at_one():
@@ -240,7 +243,7 @@ def test_k_max_bounds_every_epoch():
 
 
 def test_unknown_scheme_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"'ll_x'.*\['an', 'an_ls', 'em', 'epr', 'll_cp'"):
+    with pytest.raises(ValueError, match=r"'ll_x'.*\['an', 'an_ls', 'em', 'epr', 'gr', 'll_cp'"):
         schemes.create("ll_x", context=_context(2, 3))
 
 
@@ -269,18 +272,27 @@ def test_labels_outside_the_three_values_are_refused(name):
     scheme = _scheme(name, _context(2, 3))
     bad = {"labels_obs": jnp.array([[2, 0, 0], [0, 1, 0]], jnp.int8), "example_id": jnp.arange(2)}
     with pytest.raises(ValueError, match=r"labels_obs must be in \{-1, 0, 1\}; found \[2\]"):
-        scheme.apply(LOGITS_2X3, bad, scheme.init(), 0.1)
+        scheme.apply(LOGITS_2X3, bad, scheme.init(), schemes.SelectionRate(0.1))
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_shape_mismatches_are_refused(name):
     scheme = _scheme(name, _context(2, 3))
     with pytest.raises(ValueError, match="labels_obs shape"):
-        scheme.apply(LOGITS_2X3, _batch(np.zeros((2, 4))), scheme.init(), 0.1)
+        scheme.apply(
+            LOGITS_2X3, _batch(np.zeros((2, 4))), scheme.init(), schemes.SelectionRate(0.1)
+        )
     with pytest.raises(ValueError, match=r"logits must be \[B, 3\]"):
-        scheme.apply(jnp.zeros((2, 4)), _batch(np.zeros((2, 4))), scheme.init(), 0.1)
+        scheme.apply(
+            jnp.zeros((2, 4)), _batch(np.zeros((2, 4))), scheme.init(), schemes.SelectionRate(0.1)
+        )
     with pytest.raises(ValueError, match="mask"):
-        scheme.apply(LOGITS_2X3, _batch(LABELS_2X3, mask=[1, 1, 1]), scheme.init(), 0.1)
+        scheme.apply(
+            LOGITS_2X3,
+            _batch(LABELS_2X3, mask=[1, 1, 1]),
+            scheme.init(),
+            schemes.SelectionRate(0.1),
+        )
 
 
 # ----------------------------------------------------------------------------- sharding
@@ -304,8 +316,8 @@ def test_sharded_selection_and_loss_equal_the_single_device_ones(name):
     state, rate = scheme.init(), jnp.float32(0.15)
 
     def run(logits, batch, state, rate):
-        loss, new_state, aux = scheme.apply(logits, batch, state, rate)
-        return loss, new_state, aux["modified"], aux["k"]
+        loss, new_state, aux = scheme.apply(logits, batch, state, schemes.SelectionRate(rate))
+        return loss, new_state, aux.modified, aux.k
 
     on_one_device = jax.device_put((logits, batch, state), jax.devices()[0])
     single = jax.jit(run)(*on_one_device, rate)
@@ -334,9 +346,9 @@ def test_changing_k_across_epochs_does_not_retrace():
     @jax.jit
     @chex.assert_max_traces(n=1)
     def step_fn(logits, batch, state, step):
-        loss, state, aux = scheme.apply(logits, batch, state, scheme.rate_fn(step))
-        _, _, growing_aux = growing.apply(logits, batch, growing.init(), growing.rate_fn(step))
-        return loss, state, aux["k"], growing_aux["k"]
+        loss, state, aux = scheme.apply(logits, batch, state, scheme.schedule(step))
+        _, _, growing_aux = growing.apply(logits, batch, growing.init(), growing.schedule(step))
+        return loss, state, aux.k, growing_aux.k
 
     state, ks, growing_ks = jax.device_put(scheme.init(), sharding.replicated(mesh)), set(), set()
     for step in range(6 * steps_per_epoch):

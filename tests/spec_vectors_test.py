@@ -2,10 +2,12 @@
 
 The files are `$LLN_SPEC_VECTORS` (one path, or several joined by the OS path separator),
 by default the copies vendored in `tests/data/`: `vectors.json` (version 1, SPEC.md section
-8) and `method_vectors.json` (version 2, section 10). A file of either version may hold any
-section of both; a section this test does not know fails.
+8), `method_vectors.json` (version 2, section 10) and `gr_openimages_vectors.json` (version 3,
+section 13). A file of any version may hold any known section; a section this test does not
+know fails.
 """
 
+import io
 import json
 import os
 import pathlib
@@ -16,13 +18,14 @@ import numpy as np
 import pytest
 
 from lln_jax import metrics, observed_labels, schemes
+from lln_jax.datasets import openimages_labels
 from lln_jax.models import resnet
 
 DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
-VENDORED = ("vectors.json", "method_vectors.json")
+VENDORED = ("vectors.json", "method_vectors.json", "gr_openimages_vectors.json")
 # The spec's own copies, where the repository sits beside them; a fresh clone has none.
 SPEC_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "spec"
-KNOWN_VERSIONS = {1, 2}
+KNOWN_VERSIONS = {1, 2, 3}
 RTOL, ATOL = 1e-5, 1e-6
 
 
@@ -77,11 +80,11 @@ def _batch(labels_obs) -> dict:
     }
 
 
-def _loss_and_grad(scheme, logits, batch, state, rate, params=()):
+def _loss_and_grad(scheme, logits, batch, state, scheduled, params=()):
     """The loss, its aux, and the gradients w.r.t. the logits and the scheme's params."""
 
     def loss_fn(x, p):
-        loss, new_state, aux = scheme.apply(x, batch, state, rate, params=p)
+        loss, new_state, aux = scheme.apply(x, batch, state, scheduled, params=p)
         return loss, (new_state, aux)
 
     return jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(logits, params)
@@ -92,6 +95,8 @@ HANDLED_SECTIONS = {
     "losses", "ll_cp_runs", "schedule", "map", "observed_labels", "splits",
     # Version 2 (SPEC.md section 10).
     "baseline_losses", "boostlu",
+    # Version 3 (SPEC.md section 13).
+    "gr_losses", "observed_map", "grouped_map", "openimages_labels",
 }  # fmt: skip
 
 
@@ -124,13 +129,17 @@ def test_losses(case):
     hparams = _large_loss_hparams(case["scheme"], case["rate"])
     scheme = _build(case["scheme"], batch_size, num_classes, num_epochs=2, **hparams)
     (loss, (_, aux)), (grad, _) = _loss_and_grad(
-        scheme, logits, _batch(case["labels_obs"]), scheme.init(), jnp.float32(case["rate"])
+        scheme,
+        logits,
+        _batch(case["labels_obs"]),
+        scheme.init(),
+        schemes.SelectionRate(jnp.float32(case["rate"])),
     )
     expected = case["expected"]
     np.testing.assert_allclose(loss, expected["loss"], rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(grad, expected["grad"], rtol=RTOL, atol=ATOL)
-    np.testing.assert_array_equal(np.asarray(aux["modified"], int), expected["modified"])
-    np.testing.assert_array_equal(np.asarray(aux["flipped"], int), expected["flipped"])
+    np.testing.assert_array_equal(np.asarray(aux.modified, int), expected["modified"])
+    np.testing.assert_array_equal(np.asarray(aux.flipped, int), expected["flipped"])
 
 
 @pytest.mark.parametrize("case", _cases("ll_cp_runs"))
@@ -143,9 +152,9 @@ def test_ll_cp_runs(case):
     )
     batch, state = _batch(labels_obs), scheme.init()
     for epoch, expected in enumerate(epochs, start=1):
-        rate = scheme.rate_fn(jnp.int32(epoch - 1))  # One step per epoch.
+        scheduled = scheme.schedule(jnp.int32(epoch - 1))  # One step per epoch.
         logits = jnp.asarray(expected["logits"], jnp.float32)
-        loss, state, _ = scheme.apply(logits, batch, state, rate)
+        loss, state, _ = scheme.apply(logits, batch, state, scheduled)
         np.testing.assert_allclose(loss, expected["expected_loss"], rtol=RTOL, atol=ATOL)
         after = schemes.apply_corrections(batch["labels_obs"], state.corrected[batch["example_id"]])
         np.testing.assert_array_equal(after, expected["expected_labels_obs_after"])
@@ -156,8 +165,8 @@ def test_schedule(case):
     batch_size, num_classes, epoch = case["batch_size"], case["num_classes"], case["epoch"]
     hparams = _large_loss_hparams(case["scheme"], case["delta"])
     scheme = _build(case["scheme"], batch_size, num_classes, num_epochs=epoch, **hparams)
-    rate = scheme.rate_fn(jnp.int32(epoch - 1))  # One step per epoch: step = epoch - 1.
-    k = schemes.num_selected(rate, batch_size * num_classes)
+    scheduled = scheme.schedule(jnp.int32(epoch - 1))  # One step per epoch: step = epoch - 1.
+    k = schemes.num_selected(scheduled.rate, batch_size * num_classes)
     assert int(k) == case["expected_k"]
 
 
@@ -194,7 +203,12 @@ def test_baseline_losses(case):
     if "estimator_logits" in case:  # ROLE: the estimator rows of the batch, as given.
         params = params._replace(logits=jnp.asarray(case["estimator_logits"], jnp.float32))
     (loss, _), (grad, grad_params) = _loss_and_grad(
-        scheme, logits, _batch(case["labels_obs"]), scheme.init(), jnp.float32(0.0), params
+        scheme,
+        logits,
+        _batch(case["labels_obs"]),
+        scheme.init(),
+        scheme.schedule(jnp.int32(0)),
+        params,
     )
     expected = case["expected"]
     np.testing.assert_allclose(loss, expected["loss"], rtol=RTOL, atol=ATOL)
@@ -213,3 +227,61 @@ def test_boostlu(case):
     variables = {"params": {"kernel": kernel, "bias": jnp.asarray(case["bias"], jnp.float32)}}
     logits = head.apply(variables, features)
     np.testing.assert_allclose(logits, case["expected_logits"], rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- version 3
+
+MAP_ATOL = 1e-6
+
+
+@pytest.mark.parametrize("case", _cases("gr_losses"))
+def test_gr_losses(case):
+    logits = jnp.asarray(case["logits"], jnp.float32)
+    batch_size, num_classes = logits.shape
+    hparams = case["hparams"]
+    # A batch per epoch: step e - 1 is in epoch e.
+    steps_per_epoch, step = 1, case["epoch"] - 1
+    context = schemes.SchemeContext(
+        num_examples=batch_size, num_classes=num_classes, batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch, num_epochs=case["num_epochs"],
+    )  # fmt: skip
+    scheme = schemes.create("gr", context=context, **hparams)
+    scheduled = scheme.schedule(jnp.int32(step))
+    expected = case["expected"]
+    for name, value in expected["schedule"].items():
+        np.testing.assert_allclose(getattr(scheduled, name), value, rtol=RTOL, atol=ATOL)
+    (loss, _), (grad, _) = _loss_and_grad(
+        scheme, logits, _batch(case["labels_obs"]), scheme.init(), scheduled
+    )
+    np.testing.assert_allclose(loss, expected["loss"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(grad, expected["grad"], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("case", _cases("observed_map"))
+def test_observed_map(case):
+    value = metrics.observed_mean_average_precision(
+        np.asarray(case["scores"]), np.asarray(case["labels_obs"]), case["convention"]
+    )
+    np.testing.assert_allclose(value, case["expected_map"], rtol=0, atol=MAP_ATOL)
+
+
+@pytest.mark.parametrize("case", _cases("grouped_map"))
+def test_grouped_map(case):
+    groups = metrics.frequency_groups(np.asarray(case["train_labels_obs"]), case["num_groups"])
+    assert [group.tolist() for group in groups] == case["expected_groups"]
+    scores, labels_obs = np.asarray(case["scores"]), np.asarray(case["labels_obs"])
+    group_maps = metrics.grouped_observed_map(scores, labels_obs, groups, case["convention"])
+    np.testing.assert_allclose(group_maps, case["expected_group_maps"], rtol=0, atol=MAP_ATOL)
+    overall = metrics.observed_mean_average_precision(scores, labels_obs, case["convention"])
+    np.testing.assert_allclose(overall, case["expected_map"], rtol=0, atol=MAP_ATOL)
+
+
+@pytest.mark.parametrize("case", _cases("openimages_labels"))
+def test_openimages_labels(case):
+    rows = openimages_labels.read_annotations(io.StringIO(case["annotations_csv"]))
+    labels = openimages_labels.observed_labels(
+        case["trainable"], rows, require_trainable=case["require_trainable"]
+    )
+    assert labels.image_ids.tolist() == case["expected_image_ids"]
+    dense = labels.dense_rows(np.arange(len(labels.image_ids)))
+    np.testing.assert_array_equal(dense, case["expected_labels_obs"])

@@ -52,13 +52,14 @@ def test_sharded_step_equals_single_device_step():
     step_fn = functools.partial(steps.train_step, model=model, scheme=scheme)
 
     one = jax.devices()[0]
-    single_state, single_metrics = jax.jit(step_fn)(*jax.device_put((state, batch), one))
+    single_state, single_metrics, scheduled = jax.jit(step_fn)(*jax.device_put((state, batch), one))
+    np.testing.assert_allclose(scheduled.rate, 0.05)  # The rate of epoch 2, returned as used.
 
     mesh = sharding.create_mesh()
     repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
     sharded_batch = jax.device_put(batch, data)
     assert len(sharded_batch["image"].sharding.device_set) == NUM_DEVICES
-    sharded_state, sharded_metrics = jax.jit(step_fn, out_shardings=(repl, repl))(
+    sharded_state, sharded_metrics, _ = jax.jit(step_fn, out_shardings=(repl, repl, repl))(
         jax.device_put(state, repl), sharded_batch
     )
 
@@ -85,11 +86,11 @@ def test_step_compiles_once_across_epochs_and_a_padded_last_batch():
     def step_fn(state, batch):
         return steps.train_step(state, batch, model=model, scheme=scheme)
 
-    jit_step = jax.jit(step_fn, donate_argnums=0, out_shardings=(repl, repl))
+    jit_step = jax.jit(step_fn, donate_argnums=0, out_shardings=(repl, repl, repl))
     state, ks = jax.device_put(state, repl), []
     for step in range(4 * STEPS_PER_EPOCH):
         num_real = BATCH - 5 if step % STEPS_PER_EPOCH == 1 else BATCH  # Padded epoch ends.
-        state, step_metrics = jit_step(state, jax.device_put(_batch(step, num_real), data))
+        state, step_metrics, _ = jit_step(state, jax.device_put(_batch(step, num_real), data))
         ks.append(int(step_metrics.compute()["k"]))
     assert int(state.step) == 4 * STEPS_PER_EPOCH
     assert ks == [0, 0, 4, 3, 4, 3, 4, 3]  # ceil(B_real * C * 0.05): k varies, no retrace.

@@ -1,11 +1,12 @@
-"""Loss schemes: assume-negative, the large-loss family and the baselines, by name.
+"""Loss schemes: assume-negative, the large-loss family, the baselines and GR, by name.
 
-Each scheme is a `LossScheme` of pure functions with explicit state (`contract.py`); the
-large-loss family (LL-R, LL-Ct, LL-Cp) is in `large_loss.py`, assume-negative and the
-single-positive baselines (AN-LS, WAN, EPR, ROLE, EM) in `baselines.py`. Builders take a
-`SchemeContext` (data set facts injected by the trainer) and their own hyperparameters, all
-required; `create(name, context=..., **hparams)` looks them up in `SCHEMES`. Adding a
-scheme is one builder and one line here.
+Each scheme is a `LossScheme` of pure functions with explicit state and a schedule of the
+step (`contract.py`); the large-loss family (LL-R, LL-Ct, LL-Cp) is in `large_loss.py`,
+assume-negative and the single-positive baselines (AN-LS, WAN, EPR, ROLE, EM) in
+`baselines.py`, GR Loss in `robust_loss.py`. Builders take a `SchemeContext` (data set
+facts injected by the trainer) and their own hyperparameters, all required;
+`create(name, context=..., **hparams)` looks them up in `SCHEMES`. Adding a scheme is one
+module and one line here (and its recipe in each config).
 """
 
 import inspect
@@ -21,12 +22,20 @@ from lln_jax.schemes.baselines import (
     online_label_estimation,
     weak_assume_negative,
 )
-from lln_jax.schemes.contract import EmptyState, LossScheme, SchemeContext, zero_rate
+from lln_jax.schemes.contract import (
+    EmptyState,
+    LossScheme,
+    SchemeContext,
+    Selection,
+    Unscheduled,
+    epoch_of_step,
+    first_epoch_values,
+)
 from lln_jax.schemes.large_loss import (
     CorrectionState,
+    SelectionRate,
     apply_corrections,
     constant_rate_after_first_epoch,
-    epoch_of_step,
     growing_rate,
     large_loss_mask,
     large_loss_permanent_correction,
@@ -35,6 +44,7 @@ from lln_jax.schemes.large_loss import (
     max_num_selected,
     num_selected,
 )
+from lln_jax.schemes.robust_loss import GrWeights, generalized_robust_loss, gr_weights
 
 SCHEMES: dict[str, Callable[..., LossScheme]] = {
     "an": assume_negative,
@@ -46,6 +56,7 @@ SCHEMES: dict[str, Callable[..., LossScheme]] = {
     "ll_r": large_loss_rejection,
     "ll_ct": large_loss_temporary_correction,
     "ll_cp": large_loss_permanent_correction,
+    "gr": generalized_robust_loss,
 }
 
 
@@ -77,8 +88,9 @@ def create(name: str, *, context: SchemeContext, **hparams: Any) -> LossScheme:
 
 
 __all__ = [
-    "SCHEMES", "CorrectionState", "EmptyState", "LabelEstimator", "LossScheme",
-    "SchemeContext", "apply_corrections", "constant_rate_after_first_epoch", "create",
-    "epoch_of_step", "growing_rate", "hyperparameters", "large_loss_mask",
-    "max_num_selected", "num_selected", "zero_rate",
+    "SCHEMES", "CorrectionState", "EmptyState", "GrWeights", "LabelEstimator", "LossScheme",
+    "SchemeContext", "Selection", "SelectionRate", "Unscheduled", "apply_corrections",
+    "constant_rate_after_first_epoch", "create", "epoch_of_step", "first_epoch_values",
+    "gr_weights", "growing_rate", "hyperparameters", "large_loss_mask", "max_num_selected",
+    "num_selected",
 ]  # fmt: skip

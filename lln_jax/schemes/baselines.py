@@ -3,7 +3,7 @@
 `an` is the paper's "Naive AN". The others are defined for single-positive labels: Cole et
 al.'s `an_ls` (label smoothing), `wan` (weak assume negative), `epr` (expected positive
 regularisation) and `role` (online label estimation), and Zhou et al.'s `em` (entropy
-maximisation). None of them selects entries: their rate is always 0.
+maximisation). None of them selects entries or depends on the epoch (`Unscheduled`).
 
 Every entry term is summed over the `B*C` real entries and divided by `B*C`
 (`losses.mean_over_entries`); a batch regulariser `R` averages over the real rows.
@@ -24,8 +24,9 @@ from lln_jax.schemes.contract import (
     mask_of,
     no_params,
     no_selection,
+    require_single_positive,
+    unscheduled,
     validate_batch,
-    zero_rate,
 )
 
 # ROLE's estimator starts at logit(0.995) on observed positives (Cole et al.).
@@ -60,26 +61,17 @@ def _expected_positive_penalty(probabilities, mask, expected_num_pos: float, num
     return jnp.square(gap) / num_classes**2
 
 
-def _require_single_positive(name: str, context: SchemeContext) -> None:
-    if context.observed_negatives:
-        raise ValueError(
-            f"scheme {name!r} is defined for single-positive labels (observed labels in "
-            "{0, +1}); these train labels hold observed negatives: choose label_setting "
-            "single_positive, or a scheme that handles negatives (an, ll_r, ll_ct, ll_cp)"
-        )
-
-
 def _scheme(context: SchemeContext, loss_fn, init_params=no_params) -> LossScheme:
     """A scheme with no selection from `loss_fn(logits, labels_obs, mask, batch, params)`."""
 
-    def apply(logits, batch, state, rate, params=()):
-        del rate
+    def apply(logits, batch, state, scheduled, params=()):
+        del scheduled
         validate_batch(logits, batch, context.num_classes)
         mask = mask_of(batch, logits)
         loss = loss_fn(logits.astype(jnp.float32), batch["labels_obs"], mask, batch, params)
         return loss, state, no_selection(logits, mask)
 
-    return LossScheme(EmptyState, apply, zero_rate, init_params)
+    return LossScheme(EmptyState, apply, unscheduled, init_params)
 
 
 def _entry_loss(entry_on_positive, entry_on_unobserved):
@@ -107,7 +99,7 @@ def assume_negative_label_smoothing(
     context: SchemeContext, *, label_smoothing: float
 ) -> LossScheme:
     """AN-LS: positives trained towards `1 - e`, unobserved entries towards `e`."""
-    _require_single_positive("an_ls", context)
+    require_single_positive("an_ls", context)
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
     e = float(label_smoothing)
@@ -116,7 +108,7 @@ def assume_negative_label_smoothing(
 
 def weak_assume_negative(context: SchemeContext) -> LossScheme:
     """WAN: an unobserved entry is a negative weighted `1 / (C - 1)`."""
-    _require_single_positive("wan", context)
+    require_single_positive("wan", context)
     weight = 1.0 / max(context.num_classes - 1, 1)
     return _scheme(context, _entry_loss(lambda x: _bce(x, 1.0), lambda x: weight * _bce(x, 0.0)))
 
@@ -133,7 +125,7 @@ def expected_positive_regularisation(
     context: SchemeContext, *, expected_num_pos: float
 ) -> LossScheme:
     """EPR: BCE on the observed positives; the expected positives per image pulled to k_hat."""
-    _require_single_positive("epr", context)
+    require_single_positive("epr", context)
     k_hat = _validate_expected_num_pos(expected_num_pos, context.num_classes)
     observed = _entry_loss(lambda x: _bce(x, 1.0), jnp.zeros_like)
 
@@ -148,7 +140,7 @@ def expected_positive_regularisation(
 
 def entropy_maximisation(context: SchemeContext, *, entropy_weight: float) -> LossScheme:
     """EM: BCE on the observed positives; the entropy of the unobserved entries maximised."""
-    _require_single_positive("em", context)
+    require_single_positive("em", context)
     if entropy_weight < 0.0:
         raise ValueError(f"entropy_weight must be >= 0, got {entropy_weight}")
     a = float(entropy_weight)
@@ -163,7 +155,7 @@ def online_label_estimation(context: SchemeContext, *, expected_num_pos: float) 
     The estimator is the scheme's params (`LabelEstimator`), indexed by global example id and
     updated by the optimizer (at its own learning rate, SPEC.md section 9).
     """
-    _require_single_positive("role", context)
+    require_single_positive("role", context)
     k_hat = _validate_expected_num_pos(expected_num_pos, context.num_classes)
     num_classes = context.num_classes
 

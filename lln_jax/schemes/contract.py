@@ -4,8 +4,13 @@ A scheme is a `LossScheme`, a named tuple of pure functions modelled on optax's
 `GradientTransformation`:
 
 - `init() -> state`: the scheme's explicit state (empty, or LL-Cp's `[N, C]` table);
-- `apply(logits, batch, state, rate, params=()) -> (loss, new_state, aux)`: the batch loss;
-- `rate_fn(step) -> rate`: the selection rate of SPEC.md section 3 at a 0-indexed step;
+- `schedule(step) -> values`: what the scheme's loss depends on besides the batch, as a
+  function of the 0-indexed step: a named tuple of scalars (the large-loss family: its
+  selection rate, SPEC.md section 3; GR: the epoch and the weights it sets). The train step
+  evaluates it traced and passes it to `apply` unchanged; the loop logs each field by name
+  (`train/rate`, `train/epoch`, ...). A scheme that depends on nothing returns `Unscheduled()`;
+- `apply(logits, batch, state, scheduled, params=()) -> (loss, new_state, aux)`: the batch
+  loss, with `aux` a `Selection`;
 - `init_params(rng, labels_obs) -> params`: the scheme's *learned* values (ROLE's label
   estimator, `()` for every other scheme). They are trained with the network: the train
   step differentiates the loss with respect to them and the optimizer updates them, so they
@@ -23,7 +28,9 @@ import numpy as np
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
-Aux = dict[str, jax.Array]
+
+# The step at which a scheme's first-epoch values hold (LinearInit trains the head at them).
+FIRST_STEP = 0
 
 
 class SchemeContext(NamedTuple):
@@ -53,13 +60,43 @@ def no_params(rng: jax.Array, labels_obs: jax.Array) -> tuple:
     return ()
 
 
+class Selection(NamedTuple):
+    """What a scheme selected in one batch (its `aux`): scalars to log, masks to inspect.
+
+    Attributes:
+      k: int32, the number of entries the selection asked for (0: none).
+      modified_fraction: float32, the modified entries over the real ones.
+      modified: `[B, C]` bool, the entries whose loss was rejected or corrected (SPEC's M).
+      flipped: `[B, C]` bool, the entries written for good as observed positives (LL-Cp).
+    """
+
+    k: jax.Array
+    modified_fraction: jax.Array
+    modified: jax.Array
+    flipped: jax.Array
+
+
+class Unscheduled(NamedTuple):
+    """The schedule's values of a scheme whose loss depends on nothing but the batch."""
+
+
 class LossScheme(NamedTuple):
     """A loss scheme: pure functions with explicit state (see the module docstring)."""
 
     init: Callable[[], PyTree]
-    apply: Callable[..., tuple[jax.Array, PyTree, Aux]]
-    rate_fn: Callable[[jax.Array], jax.Array]
+    apply: Callable[..., tuple[jax.Array, PyTree, Selection]]
+    schedule: Callable[[jax.Array], NamedTuple]
     init_params: Callable[[jax.Array, jax.Array], PyTree] = no_params
+
+
+def first_epoch_values(scheme: LossScheme) -> NamedTuple:
+    """The scheme's schedule in the first epoch (no selection for the large-loss family)."""
+    return scheme.schedule(jnp.int32(FIRST_STEP))
+
+
+def epoch_of_step(step: jax.Array, steps_per_epoch: int) -> jax.Array:
+    """The 1-indexed epoch that a 0-indexed step belongs to."""
+    return jnp.asarray(step) // steps_per_epoch + 1
 
 
 class EmptyState(NamedTuple):
@@ -88,24 +125,34 @@ def mask_of(batch: Batch, logits: jax.Array) -> jax.Array:
     return batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
 
 
-def diagnostics(rate, k, modified: jax.Array, flipped: jax.Array, mask: jax.Array) -> Aux:
-    """Aux: scalars for logging, `[B, C]` masks for inspection and tests."""
+def selection(k, modified: jax.Array, flipped: jax.Array, mask: jax.Array) -> Selection:
+    """The `Selection` of a batch from its masks; the fraction is over the real entries."""
     num_entries = jnp.maximum(jnp.sum(mask > 0) * modified.shape[1], 1)
-    return {
-        "rate": jnp.asarray(rate, jnp.float32),
-        "k": jnp.asarray(k, jnp.int32),
-        "modified_fraction": jnp.sum(modified) / num_entries,
-        "modified": modified,
-        "flipped": flipped,
-    }
+    return Selection(
+        k=jnp.asarray(k, jnp.int32),
+        modified_fraction=jnp.sum(modified) / num_entries,
+        modified=modified,
+        flipped=flipped,
+    )
 
 
-def no_selection(logits: jax.Array, mask: jax.Array) -> Aux:
-    """The diagnostics of a scheme that selects nothing."""
+def no_selection(logits: jax.Array, mask: jax.Array) -> Selection:
+    """The selection of a scheme that selects nothing."""
     nothing = jnp.zeros(logits.shape, bool)
-    return diagnostics(jnp.float32(0.0), jnp.int32(0), nothing, nothing, mask)
+    return selection(jnp.int32(0), nothing, nothing, mask)
 
 
-def zero_rate(step: jax.Array) -> jax.Array:
-    """The rate of a scheme that never selects: 0 at every step."""
-    return jnp.zeros_like(jnp.asarray(step), dtype=jnp.float32)
+def unscheduled(step: jax.Array) -> Unscheduled:
+    """The schedule of a scheme that depends on nothing but the batch."""
+    del step
+    return Unscheduled()
+
+
+def require_single_positive(name: str, context: SchemeContext) -> None:
+    """Refuses train labels with observed negatives for a scheme defined without them."""
+    if context.observed_negatives:
+        raise ValueError(
+            f"scheme {name!r} is defined for single-positive labels (observed labels in "
+            "{0, +1}); these train labels hold observed negatives: choose label_setting "
+            "single_positive, or a scheme that handles negatives (an, ll_r, ll_ct, ll_cp)"
+        )

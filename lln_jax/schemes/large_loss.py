@@ -5,8 +5,8 @@ assume-negative losses are rejected (LL-R), trained as positives for this step (
 trained as positives and written into the observed labels for good (LL-Cp, whose `[N, C]`
 table of corrections is the scheme's state).
 
-`apply` takes the rate rather than the step so that the selection is a function of the
-quantity the paper defines it by; the train step evaluates `rate_fn(step)` and passes it in.
+The schedule gives `apply` the rate (`SelectionRate`) rather than the step, so that the
+selection is a function of the quantity the paper defines it by.
 Everything that changes during training (the rate, k, the number of real examples) is a
 traced value, so neither a new epoch nor a smaller last batch recompiles the step.
 """
@@ -23,8 +23,9 @@ from lln_jax.schemes.contract import (
     EmptyState,
     LossScheme,
     SchemeContext,
-    diagnostics,
+    epoch_of_step,
     mask_of,
+    selection,
     validate_batch,
 )
 
@@ -32,6 +33,12 @@ from lln_jax.schemes.contract import (
 # float32 rounding of `(epoch - 1) * delta_rel * B * C` stays within a few ulps (~2e-7
 # relative), and SPEC.md demands that e.g. 16 * 20 * 0.025 gives k = 8, not 9.
 _INTEGER_SNAP = 2.0**-20
+
+
+class SelectionRate(NamedTuple):
+    """The large-loss family's schedule: the fraction `r` of the batch's entries to select."""
+
+    rate: jax.Array
 
 
 class CorrectionState(NamedTuple):
@@ -56,11 +63,6 @@ def growing_rate(delta_rel: float) -> Callable[[jax.Array], jax.Array]:
 def constant_rate_after_first_epoch(delta_rel: float) -> Callable[[jax.Array], jax.Array]:
     """LL-Cp schedule: `r = 0` in epoch 1, `delta_rel` from epoch 2 on (the flips accumulate)."""
     return lambda epoch: jnp.where(jnp.asarray(epoch) > 1, jnp.float32(delta_rel), 0.0)
-
-
-def epoch_of_step(step: jax.Array, steps_per_epoch: int) -> jax.Array:
-    """The 1-indexed epoch that a 0-indexed step belongs to."""
-    return jnp.asarray(step) // steps_per_epoch + 1
 
 
 def num_selected(rate: jax.Array, num_entries: jax.Array) -> jax.Array:
@@ -149,8 +151,8 @@ def apply_corrections(labels_obs: jax.Array, corrected_rows: jax.Array) -> jax.A
     return jnp.where(corrected_rows, jnp.ones_like(labels_obs), labels_obs)
 
 
-def _step_rate_fn(epoch_rate_fn: Callable, steps_per_epoch: int) -> Callable:
-    return lambda step: epoch_rate_fn(epoch_of_step(step, steps_per_epoch))
+def _rate_schedule(epoch_rate_fn: Callable, steps_per_epoch: int) -> Callable:
+    return lambda step: SelectionRate(epoch_rate_fn(epoch_of_step(step, steps_per_epoch)))
 
 
 def _k_max(epoch_rate_fn: Callable, context: SchemeContext) -> int:
@@ -174,16 +176,16 @@ def _large_loss_terms(logits, labels_obs, mask, rate, *, action, k_max):
 def _stateless_large_loss(context: SchemeContext, action, epoch_rate_fn) -> LossScheme:
     k_max = _k_max(epoch_rate_fn, context)
 
-    def apply(logits, batch, state, rate, params=()):
+    def apply(logits, batch, state, scheduled: SelectionRate, params=()):
         del params
         validate_batch(logits, batch, context.num_classes)
         mask = mask_of(batch, logits)
         loss, modified, k = _large_loss_terms(
-            logits, batch["labels_obs"], mask, rate, action=action, k_max=k_max
+            logits, batch["labels_obs"], mask, scheduled.rate, action=action, k_max=k_max
         )
-        return loss, state, diagnostics(rate, k, modified, jnp.zeros_like(modified), mask)
+        return loss, state, selection(k, modified, jnp.zeros_like(modified), mask)
 
-    return LossScheme(EmptyState, apply, _step_rate_fn(epoch_rate_fn, context.steps_per_epoch))
+    return LossScheme(EmptyState, apply, _rate_schedule(epoch_rate_fn, context.steps_per_epoch))
 
 
 def large_loss_rejection(context: SchemeContext, *, delta_rel: float) -> LossScheme:
@@ -209,7 +211,7 @@ def large_loss_permanent_correction(context: SchemeContext, *, delta_rel: float)
     def init():
         return CorrectionState(jnp.zeros((num_examples, num_classes), bool))
 
-    def apply(logits, batch, state, rate, params=()):
+    def apply(logits, batch, state, scheduled: SelectionRate, params=()):
         del params
         validate_batch(logits, batch, num_classes)
         if "example_id" not in batch:
@@ -219,11 +221,11 @@ def large_loss_permanent_correction(context: SchemeContext, *, delta_rel: float)
         corrected_rows = state.corrected[example_id]
         labels_obs = apply_corrections(batch["labels_obs"], corrected_rows)
         loss, modified, k = _large_loss_terms(
-            logits, labels_obs, mask, rate, action=_correct, k_max=k_max
+            logits, labels_obs, mask, scheduled.rate, action=_correct, k_max=k_max
         )
         # Padding rows write out of range and are dropped, so they never touch a real row.
         write_id = jnp.where(mask > 0, example_id, num_examples)
         table = state.corrected.at[write_id].set(corrected_rows | modified, mode="drop")
-        return loss, CorrectionState(table), diagnostics(rate, k, modified, modified, mask)
+        return loss, CorrectionState(table), selection(k, modified, modified, mask)
 
-    return LossScheme(init, apply, _step_rate_fn(epoch_rate_fn, context.steps_per_epoch))
+    return LossScheme(init, apply, _rate_schedule(epoch_rate_fn, context.steps_per_epoch))
