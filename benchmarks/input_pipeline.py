@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from lln_jax import datasets, image_storage, input_pipeline, preprocessing
+from lln_jax.data import datasets, image_storage, input_pipeline, preprocessing
 
 
 def write_photos(root: pathlib.Path, count: int, seed: int = 0) -> None:

@@ -36,7 +36,6 @@ import pathlib
 import platform
 import subprocess
 import sys
-import tempfile
 from fractions import Fraction
 from unittest import mock
 
@@ -46,8 +45,10 @@ import torch
 from torch.nn import functional
 from torch_resnet import TorchResNet
 
-from lln_jax import input_pipeline, metrics, train
+from lln_jax.data import input_pipeline
+from lln_jax.evaluation import metrics
 from lln_jax.models import pretrained, resnet
+from lln_jax.training import experiment, initial_state, loop, trainer
 
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py"
 SCHEMES = ("an", "ll_r", "ll_ct", "ll_cp")
@@ -180,32 +181,30 @@ def compare_steps(
     """Both frameworks from identical weights over the first steps of epoch 2."""
     config = load_config(scheme, seed, data_dir)
     config.optim.learning_rate = learning_rate
-    with tempfile.TemporaryDirectory() as workdir:
-        run = train._Run(config, workdir)
-        torch.manual_seed(seed)
-        twin_model = twin_resnet(run.num_classes)
-        variables = jax.device_put(jax_variables(twin_model), run.replicated)
-        state = run.init_state()
-        start = run.steps_per_epoch  # Epoch 2: every large-loss scheme selects.
-        state = state.replace(
-            params=variables["params"], batch_stats=variables["batch_stats"],
-            step=jax.device_put(np.int32(start), run.replicated),
-        )  # fmt: skip
-        twin = Twin(config, twin_model, run.splits["train"].labels_obs, run.steps_per_epoch)
-        rows = []
-        for offset, batch in enumerate(run.train_batches(start)):
-            if offset == num_steps:
-                break
-            global_batch = input_pipeline.to_global(batch, run.data_sharding)
-            state, step_metrics = run.jit_train_step(state, global_batch)
-            torch_loss, torch_selected = twin.step(start + offset, batch)
-            rows.append({
-                "jax_loss": float(step_metrics.loss.compute()),
-                "torch_loss": torch_loss,
-                "jax_selected": int(step_metrics.selected.total),
-                "torch_selected": torch_selected,
-            })  # fmt: skip
-        run.checkpointer.close()
+    run = experiment.build(config)
+    torch.manual_seed(seed)
+    twin_model = twin_resnet(run.num_classes)
+    variables = jax.device_put(jax_variables(twin_model), run.replicated)
+    state = initial_state.fresh_state(run)
+    start = run.steps_per_epoch  # Epoch 2: every large-loss scheme selects.
+    state = state.replace(
+        params=variables["params"], batch_stats=variables["batch_stats"],
+        step=jax.device_put(np.int32(start), run.replicated),
+    )  # fmt: skip
+    twin = Twin(config, twin_model, run.splits["train"].labels_obs, run.steps_per_epoch)
+    rows = []
+    for offset, batch in enumerate(loop.train_batches(run, start)):
+        if offset == num_steps:
+            break
+        global_batch = input_pipeline.to_global(batch, run.data_sharding)
+        state, step_metrics, _ = run.train_step(state, global_batch)
+        torch_loss, torch_selected = twin.step(start + offset, batch)
+        rows.append({
+            "jax_loss": float(step_metrics.loss.compute()),
+            "torch_loss": torch_loss,
+            "jax_selected": int(step_metrics.selected.total),
+            "torch_selected": torch_selected,
+        })  # fmt: skip
     final = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
     twin_final = jax_variables(twin_model)
     differences = jax.tree.map(
@@ -244,7 +243,7 @@ def summarize_steps(result: dict) -> dict:
 def train_twin(scheme: str, seed: int, data_dir: str) -> dict:
     """The twin's whole run with the config's protocol; its test mAP at the best val."""
     config = load_config(scheme, seed, data_dir)
-    splits = train.create_splits(config.data)
+    splits = experiment.open_splits(config.data)
     data = config.data
     steps_per_epoch = input_pipeline.steps_per_epoch(splits["train"].num_examples, data.batch_size)
     torch.manual_seed(seed)
@@ -291,16 +290,16 @@ def lln_jax_from_twin_weights(
     control that separates the frameworks from their initialisations)."""
     workdir = runs / f"twin_weights-{scheme}-seed{seed}"
     if not (workdir / "results.json").exists():
-        original_init_state = train._Run.init_state
+        original_fresh_state = initial_state.fresh_state
 
-        def init_state(run):
-            state = original_init_state(run)
+        def fresh_state(run):
+            state = original_fresh_state(run)
             torch.manual_seed(seed)  # As `train_twin` draws its model.
             variables = jax.device_put(jax_variables(twin_resnet(run.num_classes)), run.replicated)
             return state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
 
-        with mock.patch.object(train._Run, "init_state", init_state):
-            train.train_and_evaluate(load_config(scheme, seed, data_dir), str(workdir))
+        with mock.patch.object(initial_state, "fresh_state", fresh_state):
+            trainer.train_and_evaluate(load_config(scheme, seed, data_dir), str(workdir))
     return json.loads((workdir / "results.json").read_text())
 
 

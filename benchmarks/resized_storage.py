@@ -24,8 +24,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from lln_jax import datasets, image_storage, preprocessing
-from lln_jax.datasets import resized
+from lln_jax.data import datasets, image_storage, preprocessing
+from lln_jax.data.datasets import resized
 
 IMAGE_SIZE = 32  # The embedded benchmark's training size (configs/digits.py).
 CONFIG = "configs/digits.py:scheme=ll_r"

@@ -28,8 +28,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from lln_jax import datasets, input_pipeline
-from lln_jax.datasets import prepared
+from lln_jax.data import datasets, input_pipeline
+from lln_jax.data.datasets import prepared
 
 NUM_CLASSES = 81
 

@@ -29,8 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lln_jax import models, optim, schemes, sharding, steps
-from lln_jax.train_state import create_train_state
+from lln_jax import models, schemes
+from lln_jax.run import sharding
+from lln_jax.training import optim, steps
+from lln_jax.training.train_state import create_train_state
 
 NUM_CLASSES, DELTA_REL, EPOCH, STEPS_PER_EPOCH = 80, 0.004, 10, 100
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import ml_collections
 
-from lln_jax import image_storage, input_pipeline, models, optim, schemes
+from lln_jax import models, schemes
+from lln_jax.data import image_storage, input_pipeline
+from lln_jax.training import optim
 
 # Keys of `config.optim` that every optimizer takes (`optim.create`'s own arguments).
 _OPTIM_COMMON = {"name", "learning_rate", "head_lr_multiplier", "scheme_lr_multiplier"}

@@ -1,9 +1,9 @@
 """Command line: `python -m lln_jax.main --config=configs/coco.py:scheme=ll_cp --workdir=DIR`.
 
-Intentionally kept short: everything else is importable from `lln_jax.train`.
+Intentionally kept short: the run itself is `lln_jax.training.trainer.train_and_evaluate`.
 Set `LLN_MULTIHOST=1` on every host of a multi-host run (a TPU pod finds its peers; elsewhere
 also `LLN_COORDINATOR=host:port`, `LLN_NUM_PROCESSES` and `LLN_PROCESS_ID`: see
-`lln_jax/distributed.py`).
+`lln_jax/run/distributed.py`).
 
 Exit codes, for launchers:
   0   the run finished (or the workdir already held the finished run);
@@ -62,8 +62,8 @@ def _check_config() -> None:
 
 def _check_paths() -> None:
     """The workdir and the weights file, before TensorFlow, the data or the model load."""
-    from lln_jax import workdir
     from lln_jax.models import pretrained
+    from lln_jax.run import workdir
 
     try:
         workdir.check_usable(FLAGS.workdir)
@@ -86,21 +86,15 @@ def _run(argv) -> None:
     tf.config.set_visible_devices([], "GPU")
     import jax
 
-    from lln_jax import distributed
+    from lln_jax.run import distributed
 
     try:
         distributed.initialize()
     except distributed.DistributedSetupError as error:
         _refuse(str(error))
-    from lln_jax import (
-        checkpointing,
-        datasets,
-        stop_request,
-        train,
-        train_monitor,
-        workdir,
-        workdir_lock,
-    )
+    from lln_jax.data import datasets
+    from lln_jax.run import checkpointing, stop_request, workdir, workdir_lock
+    from lln_jax.training import monitor, trainer
 
     logging.info(
         "process %d of %d, %d local devices of %d (%s)",
@@ -108,12 +102,12 @@ def _run(argv) -> None:
         jax.device_count(), jax.devices()[0].platform,
     )  # fmt: skip
     try:
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (workdir.WorkdirError, workdir_lock.WorkdirLockedError) as error:
         _refuse(str(error))
     except (datasets.DataNotPreparedError, *datasets.NOT_READY_ERRORS) as error:
         _refuse(str(error))
-    except (train_monitor.NonFiniteLossError, checkpointing.SaveError) as error:
+    except (monitor.NonFiniteLossError, checkpointing.SaveError) as error:
         sys.stderr.write(f"lln_jax.main: {error}\n")
         sys.exit(EXIT_FAILED)
     except workdir_lock.LeaseLostError as error:

@@ -9,7 +9,7 @@ label files in place.
 
 With `--image_size=448` it also stores every image resized to the training size (on data
 prepared earlier it adds only that store), so that runs with `--config.data.storage=jpeg95`
-(or `raw`) only decode: `lln_jax/datasets/resized.py`.
+(or `raw`) only decode: `lln_jax/data/datasets/resized.py`.
 """
 
 import os
@@ -29,7 +29,7 @@ def main(argv):
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")
-    from lln_jax import datasets, image_storage
+    from lln_jax.data import datasets, image_storage
 
     if len(argv) != 2:
         raise app.UsageError(f"Name one data set of {sorted(datasets.DATASETS)}")

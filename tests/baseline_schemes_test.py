@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import NUM_DEVICES
 
-from lln_jax import schemes, sharding
+from lln_jax import schemes
+from lln_jax.run import sharding
 
 HPARAMS = {
     "an_ls": {"label_smoothing": 0.1},

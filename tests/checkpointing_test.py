@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lln_jax import checkpointing, models, optim, schemes, sharding
-from lln_jax.train_state import create_train_state
+from lln_jax import models, schemes
+from lln_jax.run import checkpointing, sharding
+from lln_jax.training import optim
+from lln_jax.training.train_state import create_train_state
 
 
 def _state(seed):

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from lln_jax import models, optim, schemes
+from lln_jax import models, schemes
+from lln_jax.training import optim
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.py"))

@@ -19,7 +19,7 @@ NUM_DEVICES = 8
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> str:
     """The embedded benchmark's small configuration, prepared once for the whole session."""
-    from lln_jax import datasets
+    from lln_jax.data import datasets
 
     path = tmp_path_factory.mktemp("tfds")
     datasets.prepare("digit_mosaics_small", str(path))

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lln_jax import datasets, input_pipeline, observed_labels, train
-from lln_jax.datasets import prepared, voc
+from lln_jax.data import datasets, input_pipeline, observed_labels
+from lln_jax.data.datasets import prepared, voc
+from lln_jax.training import experiment, trainer
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -237,7 +238,7 @@ def test_a_subset_prepared_without_the_count_check_never_passes_for_the_full_set
     config = _config("cub", data_dir)
     config.data.allow_unchecked_counts = False
     with pytest.raises(ValueError, match=r"(?s)--nocheck_counts.*allow_unchecked_counts=True"):
-        train.train_and_evaluate(config, str(tmp_path / "work"))
+        trainer.train_and_evaluate(config, str(tmp_path / "work"))
     # Prepared with no record of a check (as before the record existed): the counts decide.
     builder = datasets.builder("cub", data_dir)
     (pathlib.Path(builder.data_dir) / datasets.PREPARATION_RECORD).unlink()
@@ -331,7 +332,7 @@ def test_one_short_epoch_on_each_tiny_prepared_set(tmp_path, config_name):
     writers[config_name](manual)
     _prepare(name[config_name], tmp_path, manual)
     config = _config(config_name, str(tmp_path / "data"))
-    train.train_and_evaluate(config, str(tmp_path / "work"))
+    trainer.train_and_evaluate(config, str(tmp_path / "work"))
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     assert len(results["val_map"]) == 1 and 0.0 <= results["test_map"] <= 100.0
 
@@ -350,7 +351,7 @@ def test_start_up_reads_the_label_files_and_no_record(tmp_path, monkeypatch):
             source_class, method, lambda self, key, _f=original: reads.append(key) or _f(self, key)
         )
     config = _config("cub", str(tmp_path / "data"))
-    splits = train.create_splits(config.data)
+    splits = experiment.open_splits(config.data)
     assert reads == []  # Neither an image nor a label was read from the records.
     assert splits["train"].num_examples + splits["val"].num_examples == 4
 

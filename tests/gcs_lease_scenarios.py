@@ -11,7 +11,7 @@ import time
 
 from google.cloud import storage
 
-from lln_jax import workdir_lock
+from lln_jax.run import workdir_lock
 
 WORKDIR = "gs://bucket/run"
 

@@ -8,8 +8,9 @@ import pytest
 from conftest import NUM_DEVICES
 from PIL import Image
 
-from lln_jax import datasets, input_pipeline, observed_labels, sharding
-from lln_jax.datasets import prepared
+from lln_jax.data import datasets, input_pipeline, observed_labels
+from lln_jax.data.datasets import prepared
+from lln_jax.run import sharding
 
 NUM, CLASSES, SIZE = 10, 4, 8
 

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 from clu import metric_writers
 
-from lln_jax import linear_init, models, run_identity, stop_request, train
+from lln_jax import models
+from lln_jax.run import checkpointing, run_identity, stop_request
+from lln_jax.training import evaluation, experiment, initial_state, linear_init, trainer
+from lln_jax.training.session import Session
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -32,14 +35,18 @@ IDENTITY = run_identity.RunIdentity("linear-init-test", "config")
 
 
 def _head_phase(config, workdir, stop=None):
-    run = train._Run(config, str(workdir))
-    run.identity = IDENTITY
-    initial = run.init_state()
-    stop = stop or stop_request.StopRequest()
+    built = experiment.build(config)
+    initial = initial_state.fresh_state(built)
+    session = Session(
+        workdir=str(workdir), lease=None,
+        checkpointer=checkpointing.Checkpointer(f"{workdir}/checkpoints"),
+        stop=stop or stop_request.StopRequest(), identity=IDENTITY,
+        writer=metric_writers.MultiWriter([]),
+    )  # fmt: skip
     try:
-        state = train._linear_init(run, initial, metric_writers.MultiWriter([]), stop)
+        state = linear_init.run(built, session, initial)
     finally:
-        run.checkpointer.close()
+        session.checkpointer.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     return jax.device_get(initial), jax.device_get(state)
@@ -116,7 +123,7 @@ def test_a_head_phase_stopped_by_sigterm_resumes_bit_exact(data_dir, tmp_path, m
 def test_a_run_with_linear_init_trains_end_to_end(data_dir, tmp_path):
     config = _config(data_dir, scheme="ll_cp")
     config.num_epochs = 1
-    train.train_and_evaluate(config, str(tmp_path))
+    trainer.train_and_evaluate(config, str(tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["config"]["linear_init"]["num_epochs"] == 2
     assert 0.0 < results["test_map"] <= 100.0
@@ -137,7 +144,8 @@ def test_feature_batches_cover_every_example_once_per_epoch():
 def test_features_come_back_in_split_order_whatever_the_device_order(monkeypatch):
     """On a pod the gathered batch follows the mesh's devices, not the processes' slices:
     here every gathered batch arrives reversed."""
-    from lln_jax import input_pipeline, sharding
+    from lln_jax.data import input_pipeline
+    from lln_jax.run import sharding
 
     num = 13
     split = input_pipeline.Split(
@@ -163,8 +171,12 @@ def test_features_come_back_in_split_order_whatever_the_device_order(monkeypatch
         "batches",
         lambda split, *, start, stop, **_: map(labels_only, range(start, stop)),
     )
-    features = linear_init.extract_features(
-        reversed_features, None, split, batch_size=4, check_stop=lambda index: None,
+    loading = experiment.Loading(
+        batch_size=4, eval_batch_size=4, image_size=8, num_threads=1, num_workers=0
+    )
+    outputs = evaluation.ordered_pass(
+        reversed_features, None, split, batch_size=4, loading=loading,
         data_sharding=sharding.data_sharding(sharding.create_mesh(jax.devices()[:1])),
     )  # fmt: skip
+    features = evaluation.in_split_order(list(outputs), "features")
     np.testing.assert_array_equal(features[:, 0], np.arange(num))

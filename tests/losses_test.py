@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lln_jax import losses
+from lln_jax.schemes import losses
 
 
 def _naive_bce(x: float, t: float) -> float:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from lln_jax import metrics
+from lln_jax.evaluation import metrics
 
 
 def test_ap_by_hand():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lln_jax import observed_labels
+from lln_jax.data import observed_labels
 
 
 def _random_labels(num_rows=200, num_classes=12, seed=0):

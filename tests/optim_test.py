@@ -5,7 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from lln_jax import config_lib, optim
+from lln_jax import config_lib
+from lln_jax.training import optim
 
 PARAMS = {"conv1": {"kernel": jnp.array([1.0, -2.0])}, "fc": {"kernel": jnp.array([0.5, 3.0])}}
 GRADS = {"conv1": {"kernel": jnp.array([0.1, 0.2])}, "fc": {"kernel": jnp.array([-0.3, 0.4])}}

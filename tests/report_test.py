@@ -7,7 +7,7 @@ import re
 import pytest
 from etils import epath
 
-from lln_jax import report
+from lln_jax.evaluation import report
 
 
 def _run(root: pathlib.Path, name: str, *, data="coco2014", scheme="ll_r", labels="single_positive",

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lln_jax import config_checks, datasets, image_storage, input_pipeline, preprocessing
-from lln_jax.datasets import prepared, resized
+from lln_jax import config_checks
+from lln_jax.data import datasets, image_storage, input_pipeline, preprocessing
+from lln_jax.data.datasets import prepared, resized
 
 SIZE = 24
 
@@ -207,7 +208,8 @@ def test_a_wrong_storage_in_the_config_fails_before_the_data_is_opened():
 
 
 def test_a_run_config_reads_the_store_it_names(data_dir):
-    from lln_jax import config_lib, train
+    from lln_jax import config_lib
+    from lln_jax.training import experiment
 
     config = config_lib.create_config(
         "runlocal", dataset="formatted", optimizer="adam", learning_rate=1e-4,
@@ -216,9 +218,9 @@ def test_a_run_config_reads_the_store_it_names(data_dir):
     config.data.update(data_dir=data_dir, allow_unchecked_counts=True, image_size=SIZE)
     config.data.storage = "raw"
     with pytest.raises(resized.StoreError, match="no resized-24-raw store"):
-        train.create_splits(config.data)
+        experiment.open_splits(config.data)
     datasets.write_resized("formatted", data_dir, image_storage.Storage(SIZE, "raw"))
-    splits = train.create_splits(config.data)
+    splits = experiment.open_splits(config.data)
     assert all(isinstance(s.source, resized.ResizedSource) for s in splits.values())
 
 

@@ -10,7 +10,8 @@ from conftest import NUM_DEVICES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lln_jax import schemes, sharding
+from lln_jax import schemes
+from lln_jax.run import sharding
 
 LARGE_LOSS = ("ll_r", "ll_ct", "ll_cp")
 ALL = ("an", *LARGE_LOSS)

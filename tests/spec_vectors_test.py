@@ -17,8 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lln_jax import metrics, observed_labels, schemes
-from lln_jax.datasets import openimages_labels
+from lln_jax import schemes
+from lln_jax.data import observed_labels
+from lln_jax.data.datasets import openimages_labels
+from lln_jax.evaluation import metrics
 from lln_jax.models import resnet
 
 DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"

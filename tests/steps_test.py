@@ -8,8 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 from conftest import NUM_DEVICES
 
-from lln_jax import metrics, models, optim, schemes, sharding, steps
-from lln_jax.train_state import create_train_state
+from lln_jax import models, schemes
+from lln_jax.evaluation import metrics
+from lln_jax.run import sharding
+from lln_jax.training import optim, steps
+from lln_jax.training.train_state import create_train_state
 
 BATCH, CLASSES, SIZE, STEPS_PER_EPOCH = 16, 5, 32, 2
 

@@ -17,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lln_jax import checkpointing, models, sharding, train, train_monitor
+from lln_jax import models
+from lln_jax.run import checkpointing, sharding
+from lln_jax.training import experiment, initial_state, monitor, trainer
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -42,7 +44,7 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path):
     config = _config(data_dir)
     # No implicit host<->device transfer anywhere in the loop: every one is explicit.
     with jax.transfer_guard("disallow"):
-        state = train.train_and_evaluate(config, str(tmp_path))
+        state = trainer.train_and_evaluate(config, str(tmp_path))
     assert int(state.step) == 2 * 15  # 240 train examples, batch 16, 2 epochs.
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["val_map"]) == 2
@@ -62,23 +64,21 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path):
 
     # The same command again finds the run finished: it reports the stored results and
     # leaves them as they are (the training time included).
-    assert train.train_and_evaluate(config, str(tmp_path)) is None
+    assert trainer.train_and_evaluate(config, str(tmp_path)) is None
     assert json.loads((tmp_path / "results.json").read_text()) == results
 
     # Another config in this workdir is refused, naming what differs.
     other = _config(data_dir, **{"scheme.delta_rel": 0.5})
     with pytest.raises(ValueError, match=r"different config \(scheme\.delta_rel: 0\.01 -> 0\.5"):
-        train.train_and_evaluate(other, str(tmp_path))
+        trainer.train_and_evaluate(other, str(tmp_path))
 
 
 def test_role_with_boostlu_selected_on_observed_val_labels(data_dir, tmp_path):
     config = _config(data_dir, "scheme=role,boostlu,val_labels=observed,runlocal")
     config.num_epochs = 1
     assert config.model.boost_alpha == 5.0
-    run = train._Run(config, str(tmp_path))
-    initial = run.init_state().scheme_params.logits
-    run.checkpointer.close()
-    state = train.train_and_evaluate(config, str(tmp_path))
+    initial = initial_state.fresh_state(experiment.build(config)).scheme_params.logits
+    state = trainer.train_and_evaluate(config, str(tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["val_labels"] == "observed" and 0.0 < results["test_map"] <= 100.0
     # The estimator trained (every row is in some batch of the epoch) ...
@@ -184,16 +184,13 @@ def test_a_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(
     monkeypatch.setitem(models.MODELS, "diverging", diverging)
     config = _config(data_dir, **{"model.name": "diverging", "checkpoint.every_steps": 3})
     with pytest.raises(
-        train_monitor.NonFiniteLossError, match="non-finite loss, grad_norm, param_norm by step 9"
+        monitor.NonFiniteLossError, match="non-finite loss, grad_norm, param_norm by step 9"
     ):
-        train.train_and_evaluate(config, str(tmp_path))
+        trainer.train_and_evaluate(config, str(tmp_path))
     checkpointer = checkpointing.Checkpointer(f"{tmp_path}/checkpoints")
     assert checkpointer.latest_step() == 6  # Steps 1-7 were finite; 9 was not saved.
-    state = train._Run(config, str(tmp_path)).init_state()
-    restored, _ = checkpointer.restore_latest(
-        checkpointing.abstract_like(state, sharding.replicated(sharding.create_mesh())),
-        lambda *_: None,
-    )
+    abstract = initial_state.abstract_state(experiment.build(config))
+    restored, _ = checkpointer.restore_latest(abstract, lambda *_: None)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params))
     checkpointer.close()
 
@@ -210,7 +207,7 @@ def test_a_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(
 )
 def test_bad_config_values_fail_with_a_clear_message(data_dir, tmp_path, overrides, error):
     with pytest.raises(ValueError, match=error):
-        train.train_and_evaluate(_config(data_dir, **overrides), str(tmp_path))
+        trainer.train_and_evaluate(_config(data_dir, **overrides), str(tmp_path))
 
 
 def test_training_starts_from_converted_weights_with_a_new_head(data_dir, tmp_path):
@@ -222,8 +219,7 @@ def test_training_starts_from_converted_weights_with_a_new_head(data_dir, tmp_pa
 
     pretrained.save(donor, str(tmp_path / "weights.npz"))
     config.init_from = str(tmp_path / "weights.npz")
-    run = train._Run(config, str(tmp_path / "work"))
-    state = run.init_state()
+    state = initial_state.fresh_state(experiment.build(config))
     chex.assert_trees_all_equal(
         jax.device_get(state.batch_stats), jax.tree.map(jnp.asarray, donor["batch_stats"])
     )
@@ -231,14 +227,11 @@ def test_training_starts_from_converted_weights_with_a_new_head(data_dir, tmp_pa
         state.params["conv1"]["kernel"], donor["params"]["conv1"]["kernel"]
     )
     assert not np.allclose(state.params["fc"]["kernel"], donor["params"]["fc"]["kernel"])
-    run.checkpointer.close()
     donor["params"]["conv1"]["kernel"] = np.zeros((3, 3, 3, 8), np.float32)
     pretrained.save(donor, str(tmp_path / "bad.npz"))
     config.init_from = str(tmp_path / "bad.npz")
-    bad_run = train._Run(config, str(tmp_path / "work2"))
     with pytest.raises(ValueError, match=r"conv1/kernel: shape \(3, 3, 3, 8\)"):
-        bad_run.init_state()
-    bad_run.checkpointer.close()
+        initial_state.fresh_state(experiment.build(config))
 
 
 @pytest.mark.slow

@@ -8,14 +8,14 @@ Started by `multiprocess_test.py` with the multi-process environment (`LLN_MULTI
 
 import sys
 
-from lln_jax import distributed
+from lln_jax.run import distributed
 
 distributed.initialize()
 
 import jax  # noqa: E402  (after the runtime is up)
 import numpy as np  # noqa: E402
 
-from lln_jax import checkpointing, sharding  # noqa: E402
+from lln_jax.run import checkpointing, sharding  # noqa: E402
 
 
 def main(directory: str, repeats: int) -> None:

@@ -12,7 +12,7 @@ import time
 import gcs_emulator
 import pytest
 
-from lln_jax import workdir_lock
+from lln_jax.run import workdir_lock
 
 SCENARIOS = pathlib.Path(__file__).with_name("gcs_lease_scenarios.py")
 

@@ -10,23 +10,14 @@ import socket
 import subprocess
 import sys
 import time
-import types
 
 import chex
-import numpy as np
 import pytest
 from etils import epath
 
-from lln_jax import (
-    atomic_write,
-    checkpointing,
-    run_identity,
-    stop_request,
-    train,
-    train_monitor,
-    workdir_lock,
-)
-from lln_jax import workdir as workdir_lib
+from lln_jax.run import atomic_write, checkpointing, run_identity, stop_request, workdir_lock
+from lln_jax.run import workdir as workdir_lib
+from lln_jax.training import loop, trainer
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 TOTAL_STEPS = 30  # runlocal: 240 train examples, batch 16, 2 epochs.
@@ -50,7 +41,7 @@ def _config(data_dir, **overrides):
 def finished(data_dir, tmp_path_factory):
     """A finished run: its workdir, final state and results."""
     workdir = tmp_path_factory.mktemp("finished")
-    state = train.train_and_evaluate(_config(data_dir), str(workdir))
+    state = trainer.train_and_evaluate(_config(data_dir), str(workdir))
     return workdir, state, json.loads((workdir / "results.json").read_text())
 
 
@@ -90,7 +81,7 @@ def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_previous_one_used(
     workdir = _unfinished_copy(finished, tmp_path)
     newest = workdir / "checkpoints" / "latest" / str(TOTAL_STEPS)
     CORRUPTIONS[corruption](newest)
-    state = train.train_and_evaluate(_config(data_dir), str(workdir))
+    state = trainer.train_and_evaluate(_config(data_dir), str(workdir))
     quarantined = list((workdir / "checkpoints" / "quarantine").iterdir())
     assert [p.name.startswith(f"latest-{TOTAL_STEPS}-") for p in quarantined] == [True]
     # Resumed from step 20, it ends where the uninterrupted run ended.
@@ -103,7 +94,7 @@ def test_a_finished_run_that_lost_its_best_state_says_what_to_do(data_dir, finis
     workdir = _unfinished_copy(finished, tmp_path)
     shutil.rmtree(workdir / "checkpoints" / "best")
     with pytest.raises(FileNotFoundError, match=r"best-val state \(epoch \d\) is missing.*new"):
-        train.train_and_evaluate(_config(data_dir), str(workdir))
+        trainer.train_and_evaluate(_config(data_dir), str(workdir))
 
 
 def test_the_config_inside_the_checkpoint_guards_a_lost_config_file(data_dir, finished, tmp_path):
@@ -115,7 +106,7 @@ def test_the_config_inside_the_checkpoint_guards_a_lost_config_file(data_dir, fi
         match=rf"checkpoints/latest/{TOTAL_STEPS} holds a run of a different config "
         r"\(optim\.learning_rate: 0\.001 -> 0\.01\)",
     ):
-        train.train_and_evaluate(other, str(workdir))
+        trainer.train_and_evaluate(other, str(workdir))
 
 
 def test_a_config_change_is_refused_not_taken_as_corruption(data_dir, finished, tmp_path):
@@ -128,7 +119,7 @@ def test_a_config_change_is_refused_not_taken_as_corruption(data_dir, finished, 
         match=r"latest/30 holds a run of a different config \(model\.name: 'resnet_tiny' -> "
         r"'resnet_small'\)",
     ):
-        train.train_and_evaluate(other, str(workdir))
+        trainer.train_and_evaluate(other, str(workdir))
     assert not (workdir / "checkpoints" / "quarantine").exists()
     assert sorted(p.name for p in (workdir / "checkpoints" / "latest").iterdir()) == ["20", "30"]
 
@@ -151,7 +142,7 @@ def test_another_runs_best_state_is_refused_by_name(data_dir, finished, tmp_path
         run_identity.ForeignStateError,
         match=rf"checkpoints/best/{best} belongs to another run \(run [0-9a-f]+, another config",
     ):
-        train.train_and_evaluate(other, str(workdir))
+        trainer.train_and_evaluate(other, str(workdir))
     assert not (workdir / "results.json").exists()
 
 
@@ -159,7 +150,7 @@ def test_the_run_file_keeps_a_workdir_to_its_config(data_dir, finished, tmp_path
     workdir = _leftover_best_state(finished, tmp_path, keep_run_file=True)
     other = _config(data_dir, **{"optim.learning_rate": 0.01, "num_epochs": 1})
     with pytest.raises(workdir_lib.ConfigMismatchError, match=r"run\.json holds a run of a diff"):
-        train.train_and_evaluate(other, str(workdir))
+        trainer.train_and_evaluate(other, str(workdir))
 
 
 def test_every_checkpoint_carries_the_runs_identity(finished):
@@ -180,7 +171,7 @@ def test_an_unparsable_results_file_is_moved_aside_and_the_test_redone(
 ):
     workdir = _unfinished_copy(finished, tmp_path)
     (workdir / "results.json").write_text('{"test_map": 38.7')  # A write cut short.
-    train.train_and_evaluate(_config(data_dir), str(workdir))
+    trainer.train_and_evaluate(_config(data_dir), str(workdir))
     assert json.loads((workdir / "results.json").read_text())["test_map"] == finished[2]["test_map"]
     assert len(list(workdir.glob("results.json.unreadable-*"))) == 1
 
@@ -203,7 +194,7 @@ def test_an_unreadable_config_file_is_named(data_dir, finished, tmp_path):
     workdir = _unfinished_copy(finished, tmp_path)
     (workdir / "config.json").write_text('{"seed": 0, "data": {')
     with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
-        train.train_and_evaluate(_config(data_dir), str(workdir))
+        trainer.train_and_evaluate(_config(data_dir), str(workdir))
 
 
 def test_a_live_lease_refuses_a_second_run_and_a_stale_one_is_taken_over(tmp_path):
@@ -242,21 +233,21 @@ def test_a_second_run_on_a_live_workdir_refuses_naming_the_owner(data_dir, tmp_p
              "renewed": time.time()}  # fmt: skip
     (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(lease))
     with pytest.raises(workdir_lock.WorkdirLockedError, match="pid 4242 on trainer-7"):
-        train.train_and_evaluate(_config(data_dir), str(tmp_path))
+        trainer.train_and_evaluate(_config(data_dir), str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
 
 
 def _signal_after(monkeypatch, signum, *, epoch: int):
     """Sends `signum` to this process right after epoch `epoch`'s evaluation."""
-    end_of_epoch = train._end_of_epoch
+    end_of_epoch = loop.end_of_epoch
 
-    def end_then_signal(run, state, step, record):
-        stop = end_of_epoch(run, state, step, record)
-        if step // run.steps_per_epoch == epoch:
+    def end_then_signal(built, session, state, step, record):
+        stop = end_of_epoch(built, session, state, step, record)
+        if step // built.steps_per_epoch == epoch:
             os.kill(os.getpid(), signum)
         return stop
 
-    monkeypatch.setattr(train, "_end_of_epoch", end_then_signal)
+    monkeypatch.setattr(loop, "end_of_epoch", end_then_signal)
 
 
 def test_a_signal_after_the_last_epoch_is_honoured_and_the_rerun_tests(
@@ -266,10 +257,10 @@ def test_a_signal_after_the_last_epoch_is_honoured_and_the_rerun_tests(
     with pytest.raises(
         stop_request.RunInterruptedError, match=rf"SIGTERM: stopped at step {TOTAL_STEPS}"
     ):
-        train.train_and_evaluate(_config(data_dir), str(tmp_path))
+        trainer.train_and_evaluate(_config(data_dir), str(tmp_path))
     assert not (tmp_path / "results.json").exists()  # The test did not run ...
     monkeypatch.undo()
-    train.train_and_evaluate(_config(data_dir), str(tmp_path))  # ... until the rerun.
+    trainer.train_and_evaluate(_config(data_dir), str(tmp_path))  # ... until the rerun.
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["test_map"] == finished[2]["test_map"]
 
@@ -278,7 +269,7 @@ def test_a_signal_after_the_last_epoch_is_honoured_and_the_rerun_tests(
 def test_ctrl_c_saves_at_the_next_step_instead_of_losing_the_epoch(data_dir, tmp_path, monkeypatch):
     _signal_after(monkeypatch, signal.SIGINT, epoch=1)
     with pytest.raises(stop_request.RunInterruptedError, match="SIGINT: stopped at step 15 of 30"):
-        train.train_and_evaluate(_config(data_dir), str(tmp_path))
+        trainer.train_and_evaluate(_config(data_dir), str(tmp_path))
     checkpointer = checkpointing.Checkpointer(f"{tmp_path}/checkpoints")
     assert checkpointer.latest_step() == 15
     checkpointer.close()
@@ -286,55 +277,6 @@ def test_ctrl_c_saves_at_the_next_step_instead_of_losing_the_epoch(data_dir, tmp
     assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _metrics(loss, grad_norm=1.0):
-    values = {"loss": np.float32(loss), "grad_norm": np.float32(grad_norm),
-              "param_norm": np.float32(1.0)}  # fmt: skip
-    return types.SimpleNamespace(compute=lambda: values)
-
-
-def _run_stub(latest_step):
-    return types.SimpleNamespace(
-        checkpointer=types.SimpleNamespace(latest_step=lambda: latest_step),
-        workdir="/runs/w", lr_fn=lambda step: 1e6,
-        config=types.SimpleNamespace(optim=types.SimpleNamespace(learning_rate=1e6)),
-    )  # fmt: skip
-
-
-class _Writer:
-    def write_scalars(self, step, scalars):
-        del step, scalars
-
-
-def test_a_loss_growing_by_orders_of_magnitude_is_warned_about(caplog):
-    first_loss = []
-    train_monitor.log_train_metrics(_Writer(), 5, _metrics(0.7), _run_stub(None), first_loss)
-    assert "grew" not in caplog.text
-    train_monitor.log_train_metrics(
-        _Writer(), 10, _metrics(3.6e12, 7e17), _run_stub(None), first_loss
-    )
-    assert "the loss grew from 0.7 to 3.6e+12" in caplog.text
-    assert "optim.learning_rate=1e+06" in caplog.text
-
-
-def test_a_first_loss_far_above_chance_is_warned_about(caplog):
-    """A rate so high that the first interval already diverged leaves growth nothing to
-    measure: the first logged loss is compared with chance (log 2 per entry)."""
-    train_monitor.log_train_metrics(_Writer(), 5, _metrics(4.5e11), _run_stub(None), [])
-    assert "the loss 4.5e+11 is 6.49e+11 times chance (log 2 = 0.693 per entry" in caplog.text
-    caplog.clear()
-    train_monitor.log_train_metrics(_Writer(), 5, _metrics(0.9), _run_stub(None), [])
-    assert "chance" not in caplog.text
-
-
-def test_the_non_finite_message_says_whether_anything_was_saved():
-    with pytest.raises(
-        train_monitor.NonFiniteLossError, match="no checkpoint was saved in /runs/w"
-    ):
-        train_monitor.log_train_metrics(_Writer(), 5, _metrics(np.nan), _run_stub(None), [])
-    with pytest.raises(train_monitor.NonFiniteLossError, match=r"newest checkpoint \(step 40\)"):
-        train_monitor.log_train_metrics(_Writer(), 45, _metrics(np.inf), _run_stub(40), [])
 
 
 def test_a_workdir_that_is_a_file_or_cannot_be_written_is_refused(tmp_path):

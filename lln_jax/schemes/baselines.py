@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lln_jax import losses
+from lln_jax.schemes import losses
 from lln_jax.schemes.contract import (
     EmptyState,
     LossScheme,

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lln_jax import losses
+from lln_jax.schemes import losses
 from lln_jax.schemes.contract import (
     EmptyState,
     LossScheme,

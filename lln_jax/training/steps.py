@@ -11,8 +11,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lln_jax import metrics, optim, schemes
-from lln_jax.train_state import TrainState
+from lln_jax import schemes
+from lln_jax.evaluation import metrics
+from lln_jax.training import optim
+from lln_jax.training.train_state import TrainState
 
 Batch = dict[str, jax.Array]
 
@@ -51,8 +53,7 @@ def train_step(
     (loss, (batch_stats, scheme_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         trainable
     )
-    updates, opt_state = state.tx.update(grads, state.opt_state, trainable)
-    trained = optax.apply_updates(trainable, updates)
+    trained, updates, opt_state = optimizer_update(state.tx, state.opt_state, trainable, grads)
     new_state = state.replace(
         step=state.step + 1,
         params=trained["model"],
@@ -71,6 +72,15 @@ def train_step(
         **_selection_counts(aux.modified, batch),
     )
     return new_state, train_metrics, scheduled
+
+
+def optimizer_update(tx: optax.GradientTransformation, opt_state, trainable, grads):
+    """The optimizer's step on `trainable`: the updated values, the updates, the new state.
+
+    Shared by the end-to-end step and LinearInit's head step.
+    """
+    updates, opt_state = tx.update(grads, opt_state, trainable)
+    return optax.apply_updates(trainable, updates), updates, opt_state
 
 
 def _selection_counts(modified: jax.Array, batch: Batch) -> dict[str, jax.Array]:

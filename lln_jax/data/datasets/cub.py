@@ -9,7 +9,7 @@ into train and val), test the official test split (5,794).
 import numpy as np
 from etils import epath
 
-from lln_jax.datasets import manual
+from lln_jax.data.datasets import manual
 
 NUM_ATTRIBUTES = 312
 ROOT = epath.Path("CUB_200_2011")

@@ -13,9 +13,18 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from lln_jax import image_storage, input_pipeline
-from lln_jax.datasets import coco, cub, digit_mosaics, formatted, prepared, records, resized, voc
-from lln_jax.datasets.manual import ManualBuilder
+from lln_jax.data import image_storage, input_pipeline
+from lln_jax.data.datasets import (
+    coco,
+    cub,
+    digit_mosaics,
+    formatted,
+    prepared,
+    records,
+    resized,
+    voc,
+)
+from lln_jax.data.datasets.manual import ManualBuilder
 
 
 class DatasetSpec(NamedTuple):

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from lln_jax import observed_labels, preprocessing
+from lln_jax.data import observed_labels, preprocessing
 
 Batch = dict[str, np.ndarray]
 

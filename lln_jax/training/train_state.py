@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lln_jax import optim, schemes
+from lln_jax import schemes
+from lln_jax.training import optim
 
 # The scheme's learned values are drawn from `fold_in(rng, _SCHEME_PARAMS_STREAM)`, a stream
 # apart from the model's initialisation and the step's randomness (both from `split(rng)`).

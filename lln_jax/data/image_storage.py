@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from PIL import Image
 
-from lln_jax import preprocessing
+from lln_jax.data import preprocessing
 
 ORIGINAL = "original"
 _PATTERN = re.compile(r"raw|jpeg([1-9][0-9]?|100)")

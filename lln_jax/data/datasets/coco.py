@@ -11,7 +11,7 @@ import json
 
 from etils import epath
 
-from lln_jax.datasets import manual
+from lln_jax.data.datasets import manual
 
 NUM_CATEGORIES = 80  # In the order of the JSON's category list.
 

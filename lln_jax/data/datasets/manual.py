@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from lln_jax import preprocessing
+from lln_jax.data import preprocessing
 
 Rows = list[tuple[epath.Path, np.ndarray]]
 

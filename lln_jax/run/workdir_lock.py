@@ -32,7 +32,7 @@ from typing import Any
 from absl import logging
 from etils import epath
 
-from lln_jax.atomic_write import write_atomic
+from lln_jax.run.atomic_write import write_atomic
 
 LOCK_FILE = "lock.json"
 _ABSENT = "0"  # The version of a lease that does not exist.

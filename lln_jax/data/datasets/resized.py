@@ -21,9 +21,9 @@ from absl import logging
 from array_record.python import array_record_data_source, array_record_module
 from etils import epath
 
-from lln_jax import image_storage
-from lln_jax.datasets import prepared
-from lln_jax.image_storage import Storage
+from lln_jax.data import image_storage
+from lln_jax.data.datasets import prepared
+from lln_jax.data.image_storage import Storage
 
 _CHUNK = 256  # Images resized in parallel before being written in order.
 

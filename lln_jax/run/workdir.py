@@ -22,7 +22,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from lln_jax.atomic_write import write_atomic
+from lln_jax.run.atomic_write import write_atomic
 
 # Settings a resumed run may change: they do not change what is computed.
 RESUMABLE_CHANGES = (

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
-from lln_jax.atomic_write import write_atomic
+from lln_jax.run.atomic_write import write_atomic
 
 RECORD = "preparation.json"
 LABEL_KEYS = ("labels", "example_id", "labels_obs")

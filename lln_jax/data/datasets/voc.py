@@ -9,7 +9,7 @@ a positive are dropped; rows are sorted by file name. Train is the official `tra
 
 from etils import epath
 
-from lln_jax.datasets import manual
+from lln_jax.data.datasets import manual
 
 CLASS_NAMES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

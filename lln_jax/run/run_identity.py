@@ -22,8 +22,8 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from lln_jax import workdir as workdir_lib
-from lln_jax.atomic_write import write_atomic
+from lln_jax.run import workdir as workdir_lib
+from lln_jax.run.atomic_write import write_atomic
 
 RUN_FILE = "run.json"
 

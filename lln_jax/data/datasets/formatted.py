@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from lln_jax.datasets import manual
+from lln_jax.data.datasets import manual
 
 _FILES = (
     "formatted_train_images.npy", "formatted_train_labels.npy",

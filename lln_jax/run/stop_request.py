@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from lln_jax.workdir_lock import LOST_BY_PROCESS_0, LeaseLostError, WorkdirLock
+from lln_jax.run.workdir_lock import LOST_BY_PROCESS_0, LeaseLostError, WorkdirLock
 
 
 class RunInterruptedError(Exception):
