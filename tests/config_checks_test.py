@@ -1,20 +1,13 @@
 """The config check: every bad value at once, as one message, before anything runs."""
 
-import importlib.util
-import pathlib
-
 import pytest
+from conftest import CONFIG_DIR, load_config
 
 from lln_jax import config_checks
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-
 
 def _load(name="digits.py", arg="scheme=ll_r"):
-    spec = importlib.util.spec_from_file_location(name[:-3], CONFIG_DIR / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config(name, arg)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIG_DIR.glob("*.py")))

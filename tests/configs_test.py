@@ -1,20 +1,18 @@
 """Every config x every scheme loads and builds its model, scheme and optimizer (no data)."""
 
 import functools
-import importlib.util
 import json
-import pathlib
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import CONFIG_DIR, load_config
 
 from lln_jax import models, schemes
 from lln_jax.training import optim
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.py"))
 SCHEMES = sorted(schemes.SCHEMES)
 # The number of classes comes from the data in a run; here it is the spec's table.
@@ -32,10 +30,7 @@ PAPER = {
 
 
 def _load(name, arg):
-    spec = importlib.util.spec_from_file_location(name[:-3], CONFIG_DIR / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config(name, arg)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)

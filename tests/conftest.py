@@ -1,6 +1,12 @@
-"""Test set-up: 8 fake CPU devices, fixed before JAX initialises."""
+"""Test set-up: 8 fake CPU devices, fixed before JAX initialises; the shared helpers.
 
+`load_config` is imported by the test modules (`from conftest import load_config`): the
+one way a test reads a shipped config.
+"""
+
+import importlib.util
 import os
+import pathlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (
@@ -12,6 +18,25 @@ import jax
 import pytest
 
 jax.config.update("jax_disable_most_optimizations", True)
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def load_config(name: str = "digits.py", arg: str | None = None, **overrides):
+    """`configs/<name>`'s `get_config(arg)`, with dotted-key overrides
+    (`load_config("digits.py", "scheme=ll_cp", **{"data.data_dir": path})`)."""
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), CONFIG_DIR / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
 
 NUM_DEVICES = 8
 

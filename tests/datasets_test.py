@@ -1,18 +1,16 @@
 """The data set builders on tiny data sets written in each real on-disk format."""
 
-import importlib.util
 import json
 import pathlib
 
 import numpy as np
 import pytest
+from conftest import load_config
 from PIL import Image
 
 from lln_jax.data import datasets, input_pipeline, observed_labels
 from lln_jax.data.datasets import prepared, voc
 from lln_jax.training import experiment, trainer
-
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def _jpeg(path: pathlib.Path, seed: int) -> None:
@@ -307,14 +305,11 @@ def test_prepared_weak_labels_and_split_follow_the_protocol(tmp_path):
 
 
 def _config(name, data_dir):
-    spec = importlib.util.spec_from_file_location(name, CONFIG_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("scheme=ll_cp,runlocal")
-    config.data.data_dir = data_dir
-    config.data.allow_unchecked_counts = True  # The tiny sets are prepared as subsets.
-    config.num_epochs = 1
-    return config
+    # The tiny sets are prepared as subsets: unchecked counts.
+    return load_config(
+        f"{name}.py", "scheme=ll_cp,runlocal", num_epochs=1,
+        **{"data.data_dir": data_dir, "data.allow_unchecked_counts": True},
+    )  # fmt: skip
 
 
 @pytest.mark.slow

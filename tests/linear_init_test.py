@@ -1,9 +1,7 @@
 """LinearInit: the head alone on frozen features, then the end-to-end run; resumable."""
 
-import importlib.util
 import json
 import os
-import pathlib
 import signal
 
 import chex
@@ -11,23 +9,19 @@ import jax
 import numpy as np
 import pytest
 from clu import metric_writers
+from conftest import load_config
 
 from lln_jax import models
 from lln_jax.run import checkpointing, run_identity, stop_request
 from lln_jax.training import evaluation, experiment, initial_state, linear_init, trainer
 from lln_jax.training.session import Session
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-
 
 def _config(data_dir, num_epochs=2, scheme="role"):
-    spec = importlib.util.spec_from_file_location("digits", CONFIG_DIR / "digits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(f"scheme={scheme},linear_init,runlocal")
-    config.data.data_dir = data_dir
-    config.linear_init.num_epochs = num_epochs
-    return config
+    return load_config(
+        "digits.py", f"scheme={scheme},linear_init,runlocal",
+        **{"data.data_dir": data_dir, "linear_init.num_epochs": num_epochs},
+    )  # fmt: skip
 
 
 # One identity for every phase of a test, whose configs differ in the number of epochs.

@@ -61,7 +61,8 @@ def test_the_schedule_is_logged_by_name():
     writer = _Writer()
     weights = schemes.GrWeights(*(np.float32(v) for v in (3, 1.5, -2, 0.6, 1.2)))
     _monitor(writer=writer).log(7, _metrics(0.5), weights)
-    assert writer.scalars[(7, "train/epoch")] == 3.0 and writer.scalars[(7, "train/mu")] == 0.6
+    assert writer.scalars[(7, "train/epoch")] == 3.0
+    assert writer.scalars[(7, "train/mu")] == pytest.approx(0.6)
     _monitor(writer=writer).log(8, _metrics(0.5), schemes.SelectionRate(np.float32(0.25)))
     assert writer.scalars[(8, "train/rate")] == 0.25
     assert writer.scalars[(8, "train/learning_rate")] == 1e6

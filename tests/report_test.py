@@ -68,6 +68,15 @@ def test_groups_seeds_paper_and_differences(runs, tmp_path):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_gr_stands_beside_its_published_numbers(tmp_path):
+    root = tmp_path / "runs"
+    _run(root, "voc_gr", data="voc2012", scheme="gr", test_map=89.0)
+    _run(root, "cub_gr", data="cub", scheme="gr", test_map=21.0)
+    summary = report.write_report([str(root)], str(tmp_path / "out"))
+    papers = {r["data"]: (r["paper"], r["marked"]) for r in summary["rows"]}
+    assert papers == {"voc2012": (89.83, False), "cub": (21.64, False)}
+
+
 def test_gs_run_dirs_and_output(runs, tmp_path, fake_gcs):
     (fake_gcs / "bucket").mkdir(parents=True)
     runs.rename(fake_gcs / "bucket" / "runs")

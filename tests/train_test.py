@@ -1,7 +1,6 @@
 """End to end: train_and_evaluate on the embedded data set; resume; bad input."""
 
 import functools
-import importlib.util
 import json
 import os
 import pathlib
@@ -16,28 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import CONFIG_DIR, load_config
 
 from lln_jax import models
 from lln_jax.run import checkpointing, sharding
 from lln_jax.training import experiment, initial_state, monitor, trainer
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-
 
 def _config(data_dir, arg="scheme=ll_cp,runlocal", **overrides):
-    spec = importlib.util.spec_from_file_location("digits", CONFIG_DIR / "digits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg)
-    config.data.data_dir = data_dir
-    config.data.eval_batch_size = 64
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    defaults = {"data.data_dir": data_dir, "data.eval_batch_size": 64}
+    return load_config("digits.py", arg, **defaults, **overrides)
 
 
 def test_train_and_evaluate_end_to_end(data_dir, tmp_path):

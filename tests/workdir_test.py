@@ -1,6 +1,5 @@
 """Runs that survive operators: corrupt checkpoints, lost files, concurrent starts, signals."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -13,28 +12,20 @@ import time
 
 import chex
 import pytest
+from conftest import load_config
 from etils import epath
 
 from lln_jax.run import atomic_write, checkpointing, run_identity, stop_request, workdir_lock
 from lln_jax.run import workdir as workdir_lib
 from lln_jax.training import loop, trainer
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 TOTAL_STEPS = 30  # runlocal: 240 train examples, batch 16, 2 epochs.
 
 
 def _config(data_dir, **overrides):
-    spec = importlib.util.spec_from_file_location("digits", CONFIG_DIR / "digits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("scheme=ll_cp,runlocal")
-    config.data.data_dir = data_dir
-    config.data.eval_batch_size = 64
-    config.checkpoint.every_steps = 10  # Latest keeps steps 20 and 30.
-    for key, value in overrides.items():
-        parent, leaf = key.rsplit(".", 1) if "." in key else ("", key)
-        (config[parent] if parent else config)[leaf] = value
-    return config
+    # Latest keeps steps 20 and 30.
+    defaults = {"data.data_dir": data_dir, "data.eval_batch_size": 64, "checkpoint.every_steps": 10}
+    return load_config("digits.py", "scheme=ll_cp,runlocal", **(defaults | overrides))
 
 
 @pytest.fixture(scope="module")
