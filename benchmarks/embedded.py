@@ -33,6 +33,7 @@ SETTINGS = {  # Table row -> the config argument.
     "LL-R + BoostLU": "scheme=ll_r,boostlu",
     "LL-Ct + BoostLU": "scheme=ll_ct,boostlu",
     "LL-Cp + BoostLU": "scheme=ll_cp,boostlu",
+    "GR": "scheme=gr",
 }
 CONFIG = "configs/digits.py"
 
