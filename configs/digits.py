@@ -5,7 +5,7 @@ A small ResNet trained from scratch on 32x32 images in a few minutes on a CPU. W
 pretrained backbone to protect, the head trains at the backbone's rate.
 """
 
-from lln_jax import config_lib
+from lln_jax.config import defaults
 
 # Per scheme: its hyperparameters (delta_rel scaled to this data set's false-negative rate,
 # about a quarter of the entries, as the paper scales it per data set); about 3.4 of the 10
@@ -21,12 +21,12 @@ RECIPES = {
     "ll_ct": {"delta_rel": 0.02},
     "ll_cp": {"delta_rel": 0.01},
     # GR Loss at its code's defaults and early stop, trained at this benchmark's budget.
-    "gr": {**config_lib.GR_LOSS, "early_stop_drop": 2.0},
+    "gr": {**defaults.GR_LOSS, "early_stop_drop": 2.0},
 }
 
 
 def get_config(arg=None):
-    config = config_lib.create_config(
+    config = defaults.create_config(
         arg,
         dataset="digit_mosaics",
         optimizer="adam",

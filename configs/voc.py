@@ -1,6 +1,6 @@
 """Pascal VOC 2012, 20 classes: SGD 5e-3; delta_rel LL-R 0.2%, LL-Ct 0.2%, LL-Cp 0.1%."""
 
-from lln_jax import config_lib
+from lln_jax.config import defaults
 
 # Per scheme: its hyperparameters (delta_rel a fraction per epoch: the paper's 0.2% is 0.002)
 # and, where a method's authors trained otherwise, their optimizer, learning rate and batch.
@@ -15,13 +15,13 @@ RECIPES = {
     "ll_r": {"delta_rel": 0.002},
     "ll_ct": {"delta_rel": 0.002},
     "ll_cp": {"delta_rel": 0.001},
-    # GR Loss: its code\'s defaults and training (AEVLP\'s values in config_lib).
-    "gr": {**config_lib.GR_LOSS, **config_lib.GR_TRAINING},
+    # GR Loss: its code's defaults and training (AEVLP's values: lln_jax/config/defaults.py).
+    "gr": {**defaults.GR_LOSS, **defaults.GR_TRAINING},
 }
 
 
 def get_config(arg=None):
-    return config_lib.create_config(
+    return defaults.create_config(
         arg,
         dataset="voc2012",
         optimizer="sgd",

@@ -52,7 +52,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _check_config() -> None:
-    from lln_jax import config_checks
+    from lln_jax.config import checks as config_checks
 
     try:
         config_checks.check(FLAGS.config)

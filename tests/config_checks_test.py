@@ -3,7 +3,7 @@
 import pytest
 from conftest import CONFIG_DIR, load_config
 
-from lln_jax import config_checks
+from lln_jax.config import checks as config_checks
 
 
 def _load(name="digits.py", arg="scheme=ll_r"):

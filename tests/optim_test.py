@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from lln_jax import config_lib
+from lln_jax.config import defaults
 from lln_jax.training import optim
 
 PARAMS = {"conv1": {"kernel": jnp.array([1.0, -2.0])}, "fc": {"kernel": jnp.array([0.5, 3.0])}}
@@ -14,7 +14,7 @@ MULTIPLIERS = dict(head_lr_multiplier=10.0, scheme_lr_multiplier=10.0, head_name
 
 
 def _two_steps(name, **overrides):
-    hparams = {k: v for k, v in config_lib.OPTIMIZERS[name].items() if k != "name"}
+    hparams = {k: v for k, v in defaults.OPTIMIZERS[name].items() if k != "name"}
     hparams.update(overrides)
     tx, lr_fn = optim.create(name, learning_rate=0.1, **MULTIPLIERS, **hparams)
     params, grads = optim.trainable(PARAMS, ()), optim.trainable(GRADS, ())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lln_jax import config_checks
+from lln_jax.config import checks as config_checks
 from lln_jax.data import datasets, image_storage, input_pipeline, preprocessing
 from lln_jax.data.datasets import prepared, resized
 
@@ -196,9 +196,9 @@ def test_storage_names_are_checked():
 
 
 def test_a_wrong_storage_in_the_config_fails_before_the_data_is_opened():
-    from lln_jax import config_lib
+    from lln_jax.config import defaults
 
-    config = config_lib.create_config(
+    config = defaults.create_config(
         "runlocal", dataset="formatted", optimizer="adam", learning_rate=1e-4,
         recipes={"ll_r": {"delta_rel": 0.002}},
     )  # fmt: skip
@@ -208,10 +208,10 @@ def test_a_wrong_storage_in_the_config_fails_before_the_data_is_opened():
 
 
 def test_a_run_config_reads_the_store_it_names(data_dir):
-    from lln_jax import config_lib
+    from lln_jax.config import defaults
     from lln_jax.training import experiment
 
-    config = config_lib.create_config(
+    config = defaults.create_config(
         "runlocal", dataset="formatted", optimizer="adam", learning_rate=1e-4,
         recipes={"ll_r": {"delta_rel": 0.002}},
     )  # fmt: skip

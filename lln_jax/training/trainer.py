@@ -16,7 +16,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview
 from jax.experimental import multihost_utils
 
-from lln_jax import config_checks
+from lln_jax.config import checks as config_checks
 from lln_jax.run import checkpointing, run_identity, stop_request, workdir_lock
 from lln_jax.run import workdir as workdir_lib
 from lln_jax.training import evaluation, experiment, initial_state, linear_init, loop
