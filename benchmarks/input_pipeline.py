@@ -24,6 +24,7 @@ import tempfile
 import time
 
 import numpy as np
+from absl import flags as absl_flags
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--out", default="benchmarks/results/input_pipeline.json")
     args = parser.parse_args()
+    absl_flags.FLAGS.mark_as_parsed()  # argparse's program: grain's workers read absl's flags.
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
         write_photos(root / "manual", args.images)

@@ -16,8 +16,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax
 import pytest
+from absl import flags
 
 jax.config.update("jax_disable_most_optimizations", True)
+# The test session is the program: it parses absl's flags (grain's workers read them).
+flags.FLAGS.mark_as_parsed()
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 

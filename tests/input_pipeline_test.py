@@ -1,6 +1,9 @@
 """The input pipeline: ids, epochs, hosts, padding, determinism, bad images, the TFDS glue."""
 
 import io
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -188,3 +191,20 @@ def test_the_wait_for_input_is_timed_per_step():
     assert 45.0 <= scalars["train/input_wait_ms"] <= 150.0
     assert 0.8 <= scalars["train/input_wait_fraction"] <= 1.0
     assert timed.take_scalars()["train/input_wait_ms"] == 0.0  # Reset after each take.
+
+
+def test_workers_refuse_to_start_before_the_program_parsed_its_flags():
+    """Library code never parses a program's flags; it says what to do instead."""
+    program = (
+        "import numpy as np\n"
+        "from lln_jax.data import input_pipeline\n"
+        "split = input_pipeline.Split(None, np.arange(4), np.zeros((4, 2), np.int8),\n"
+        "                             np.zeros((4, 2), np.int8), 'train')\n"
+        "input_pipeline.batches(split, batch_size=2, image_size=8, seed=0, train=True,\n"
+        "                       start=0, stop=2, num_workers=1)\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          env=environment, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    assert "parse them first (absl.app.run, or flags.FLAGS.mark_as_parsed()" in done.stderr

@@ -220,8 +220,12 @@ def batches(
         grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
     )
     if num_workers > 0:
-        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (notebooks, tests).
-            flags.FLAGS.mark_as_parsed()
+        if not flags.FLAGS.is_parsed():  # A program's flags are the program's to parse.
+            raise RuntimeError(
+                "num_workers > 0 starts grain's worker processes, which read absl flags: "
+                "parse them first (absl.app.run, or flags.FLAGS.mark_as_parsed() in a "
+                "notebook)"
+            )
         iterator = iterator.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(iterator)
 

@@ -13,10 +13,9 @@ import optax
 
 from lln_jax import schemes
 from lln_jax.evaluation import metrics
+from lln_jax.schemes.contract import Batch
 from lln_jax.training import optim
 from lln_jax.training.train_state import TrainState
-
-Batch = dict[str, jax.Array]
 
 
 def train_step(
