@@ -28,7 +28,7 @@ from absl import flags as absl_flags
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from lln_jax.data import datasets, image_storage, input_pipeline, preprocessing
+from lln_jax.data import datasets, image_storage, input_pipeline, labeled_splits, preprocessing
 
 
 def write_photos(root: pathlib.Path, count: int, seed: int = 0) -> None:
@@ -116,7 +116,7 @@ def storage_rates(data_dir: pathlib.Path, encoding: str, args) -> dict:
     if storage is not None:
         entry = datasets.write_resized("formatted", str(data_dir), storage, num_threads=2)
     train, test = datasets.open_splits("formatted", str(data_dir), storage=storage)
-    splits = input_pipeline.create_splits(
+    splits = labeled_splits.create_splits(
         train, test, label_setting="single_positive",
         observed_seed=1200, split_seed=1200, val_frac=0.0,
     )  # fmt: skip

@@ -45,7 +45,7 @@ import torch
 from torch.nn import functional
 from torch_resnet import TorchResNet
 
-from lln_jax.data import input_pipeline
+from lln_jax.data import input_pipeline, labeled_splits
 from lln_jax.evaluation import metrics
 from lln_jax.models import pretrained, resnet
 from lln_jax.training import experiment, initial_state, loop, trainer
@@ -243,7 +243,7 @@ def summarize_steps(result: dict) -> dict:
 def train_twin(scheme: str, seed: int, data_dir: str) -> dict:
     """The twin's whole run with the config's protocol; its test mAP at the best val."""
     config = load_config(scheme, seed, data_dir)
-    splits = experiment.open_splits(config.data)
+    splits = labeled_splits.open_splits(config.data)
     data = config.data
     steps_per_epoch = input_pipeline.steps_per_epoch(splits["train"].num_examples, data.batch_size)
     torch.manual_seed(seed)

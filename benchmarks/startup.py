@@ -7,7 +7,7 @@ disk, as on a fresh host), and times in one run:
 
 - before: the label matrices read record by record (what every start did before label
   files: the images come along, since a record holds both);
-- after: `datasets.open_splits` + `input_pipeline.create_splits` (the label files only).
+- after: `datasets.open_splits` + `labeled_splits.create_splits` (the label files only).
 
 The rest of the start-up (building the model, compiling the step) does not depend on the
 number of records.
@@ -28,7 +28,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from lln_jax.data import datasets, input_pipeline
+from lln_jax.data import datasets, labeled_splits
 from lln_jax.data.datasets import prepared
 
 NUM_CLASSES = 81
@@ -100,7 +100,7 @@ def main() -> None:
         split_options = dict(
             label_setting="single_positive", observed_seed=1200, split_seed=1200, val_frac=0.2
         )
-        splits_s, _ = _timed(lambda: input_pipeline.create_splits(train, test, **split_options))
+        splits_s, _ = _timed(lambda: labeled_splits.create_splits(train, test, **split_options))
         _drop_page_cache()
         before_s, from_records = _timed(lambda: prepared.labels_from_records(train.source))
         assert np.array_equal(from_records, train.labels["labels"])

@@ -8,9 +8,9 @@ import pytest
 from conftest import load_config
 from PIL import Image
 
-from lln_jax.data import datasets, input_pipeline, observed_labels
+from lln_jax.data import datasets, labeled_splits, observed_labels
 from lln_jax.data.datasets import prepared, voc
-from lln_jax.training import experiment, trainer
+from lln_jax.training import trainer
 
 
 def _jpeg(path: pathlib.Path, seed: int) -> None:
@@ -276,7 +276,7 @@ def test_formatted_files_and_stored_observed_labels(tmp_path):
     labels, source = _labels_of("nuswide", tmp_path / "data")
     np.testing.assert_array_equal(labels, train_labels)
     np.testing.assert_array_equal(prepared.labels_from_records(source, "labels_obs"), observed)
-    splits = input_pipeline.create_splits(
+    splits = labeled_splits.create_splits(
         *datasets.open_splits("nuswide", str(tmp_path / "data"), allow_unchecked_counts=True),
         label_setting="stored", observed_seed=0, split_seed=1200, val_frac=0.2,
     )  # fmt: skip
@@ -289,7 +289,7 @@ def test_prepared_weak_labels_and_split_follow_the_protocol(tmp_path):
     manual.mkdir()
     _, train_labels, _ = _write_formatted(manual, num_classes=5, with_observed=False)
     _prepare("formatted", tmp_path, manual)
-    splits = input_pipeline.create_splits(
+    splits = labeled_splits.create_splits(
         *datasets.open_splits("formatted", str(tmp_path / "data")),
         label_setting="single_positive", observed_seed=1200, split_seed=1200, val_frac=0.2,
     )  # fmt: skip
@@ -346,7 +346,7 @@ def test_start_up_reads_the_label_files_and_no_record(tmp_path, monkeypatch):
             source_class, method, lambda self, key, _f=original: reads.append(key) or _f(self, key)
         )
     config = _config("cub", str(tmp_path / "data"))
-    splits = experiment.open_splits(config.data)
+    splits = labeled_splits.open_splits(config.data)
     assert reads == []  # Neither an image nor a label was read from the records.
     assert splits["train"].num_examples + splits["val"].num_examples == 4
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import NUM_DEVICES
 from PIL import Image
 
-from lln_jax.data import datasets, input_pipeline, observed_labels
+from lln_jax.data import datasets, input_pipeline, labeled_splits, observed_labels
 from lln_jax.data.datasets import prepared
 from lln_jax.run import sharding
 
@@ -36,7 +36,7 @@ def _split(num=NUM):
     source = _source(num)
     labels = np.stack([record["labels"] for record in source])
     rows = np.arange(num)
-    return input_pipeline.Split(source, rows, labels, observed_labels.single_positive(labels), "t")
+    return labeled_splits.Split(source, rows, labels, observed_labels.single_positive(labels), "t")
 
 
 def _all(split, **kwargs):
@@ -134,7 +134,7 @@ def test_to_global_shards_the_batch_over_the_devices():
 def test_the_tfds_glue_on_the_embedded_data_set(tmp_path):
     train, test = datasets.open_splits("digit_mosaics_small", str(tmp_path))
     assert [int(train.source[i]["example_id"]) for i in range(5)] == list(range(5))  # In order.
-    splits = input_pipeline.create_splits(
+    splits = labeled_splits.create_splits(
         train, test,
         label_setting="single_positive", observed_seed=1200, split_seed=1200, val_frac=0.2,
     )  # fmt: skip
@@ -155,8 +155,8 @@ def test_unknown_data_set_and_label_setting_list_the_valid_ones():
     with pytest.raises(ValueError, match=r"'imagenet'.*digit_mosaics"):
         datasets.get("imagenet")
     with pytest.raises(ValueError, match=r"'partial'.*\['full', 'single_positive', 'stored'\]"):
-        unlabeled = input_pipeline.LabeledSource(_source(), {"labels": np.zeros((NUM, CLASSES))})
-        input_pipeline.create_splits(
+        unlabeled = datasets.LabeledSource(_source(), {"labels": np.zeros((NUM, CLASSES))})
+        labeled_splits.create_splits(
             unlabeled, unlabeled, label_setting="partial",
             observed_seed=0, split_seed=0, val_frac=0.2,
         )  # fmt: skip
@@ -164,7 +164,7 @@ def test_unknown_data_set_and_label_setting_list_the_valid_ones():
 
 def test_worker_processes_give_the_same_batches(tmp_path):
     train, test = datasets.open_splits("digit_mosaics_small", str(tmp_path))
-    splits = input_pipeline.create_splits(
+    splits = labeled_splits.create_splits(
         train, test, label_setting="single_positive", observed_seed=1200, split_seed=1200,
         val_frac=0.2,
     )  # fmt: skip
@@ -197,8 +197,8 @@ def test_workers_refuse_to_start_before_the_program_parsed_its_flags():
     """Library code never parses a program's flags; it says what to do instead."""
     program = (
         "import numpy as np\n"
-        "from lln_jax.data import input_pipeline\n"
-        "split = input_pipeline.Split(None, np.arange(4), np.zeros((4, 2), np.int8),\n"
+        "from lln_jax.data import input_pipeline, labeled_splits\n"
+        "split = labeled_splits.Split(None, np.arange(4), np.zeros((4, 2), np.int8),\n"
         "                             np.zeros((4, 2), np.int8), 'train')\n"
         "input_pipeline.batches(split, batch_size=2, image_size=8, seed=0, train=True,\n"
         "                       start=0, stop=2, num_workers=1)\n"

@@ -12,6 +12,7 @@ from clu import metric_writers
 from conftest import load_config
 
 from lln_jax import models
+from lln_jax.data import labeled_splits
 from lln_jax.run import checkpointing, run_identity, stop_request
 from lln_jax.training import evaluation, experiment, initial_state, linear_init, trainer
 from lln_jax.training.session import Session
@@ -142,7 +143,7 @@ def test_features_come_back_in_split_order_whatever_the_device_order(monkeypatch
     from lln_jax.run import sharding
 
     num = 13
-    split = input_pipeline.Split(
+    split = labeled_splits.Split(
         source=None, rows=np.arange(num), labels_true=np.zeros((num, 2), np.int8),
         labels_obs=np.zeros((num, 2), np.int8), name="train",
     )  # fmt: skip

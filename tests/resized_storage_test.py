@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from lln_jax.config import checks as config_checks
-from lln_jax.data import datasets, image_storage, input_pipeline, preprocessing
+from lln_jax.data import datasets, image_storage, input_pipeline, labeled_splits, preprocessing
 from lln_jax.data.datasets import prepared, resized
 
 SIZE = 24
@@ -57,7 +57,7 @@ def _data_dir(tmp_path) -> str:
 
 
 def _splits(data_dir, storage=None):
-    return input_pipeline.create_splits(
+    return labeled_splits.create_splits(
         *datasets.open_splits("formatted", data_dir, storage=storage),
         label_setting="single_positive", observed_seed=1200, split_seed=1200, val_frac=0.2,
     )  # fmt: skip
@@ -209,7 +209,6 @@ def test_a_wrong_storage_in_the_config_fails_before_the_data_is_opened():
 
 def test_a_run_config_reads_the_store_it_names(data_dir):
     from lln_jax.config import defaults
-    from lln_jax.training import experiment
 
     config = defaults.create_config(
         "runlocal", dataset="formatted", optimizer="adam", learning_rate=1e-4,
@@ -218,9 +217,9 @@ def test_a_run_config_reads_the_store_it_names(data_dir):
     config.data.update(data_dir=data_dir, allow_unchecked_counts=True, image_size=SIZE)
     config.data.storage = "raw"
     with pytest.raises(resized.StoreError, match="no resized-24-raw store"):
-        experiment.open_splits(config.data)
+        labeled_splits.open_splits(config.data)
     datasets.write_resized("formatted", data_dir, image_storage.Storage(SIZE, "raw"))
-    splits = experiment.open_splits(config.data)
+    splits = labeled_splits.open_splits(config.data)
     assert all(isinstance(s.source, resized.ResizedSource) for s in splits.values())
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import ml_collections
 
 from lln_jax import models, schemes
-from lln_jax.data import image_storage, input_pipeline
+from lln_jax.data import image_storage, labeled_splits
 from lln_jax.training import optim
 
 # Keys of `config.optim` that every optimizer takes (`optim.create`'s own arguments).
@@ -79,7 +79,7 @@ def _choice_errors(config) -> list[str | None]:
         _choice(config, "scheme.name", schemes.SCHEMES),
         _choice(config, "model.name", models.MODELS),
         _choice(config, "model.dtype", models.DTYPES),
-        _choice(config, "data.label_setting", input_pipeline.LABEL_SETTINGS),
+        _choice(config, "data.label_setting", labeled_splits.LABEL_SETTINGS),
         _choice(config, "data.val_labels", ("true", "observed")),
         None if config.model.boost_alpha >= 1.0 else "model.boost_alpha must be >= 1",
         None

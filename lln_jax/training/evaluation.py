@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import jax
 import numpy as np
 
-from lln_jax.data import input_pipeline
+from lln_jax.data import input_pipeline, labeled_splits
 from lln_jax.evaluation import metrics
 from lln_jax.training.experiment import Experiment, Loading
 from lln_jax.training.train_state import TrainState
@@ -24,7 +24,7 @@ def _no_stop(index: int) -> None:
 def ordered_pass(
     jit_step: Callable,
     state,
-    split: input_pipeline.Split,
+    split: labeled_splits.Split,
     *,
     batch_size: int,
     loading: Loading,

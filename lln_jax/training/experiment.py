@@ -17,10 +17,9 @@ import jax
 import ml_collections
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 
 from lln_jax import models, schemes
-from lln_jax.data import datasets, image_storage, input_pipeline
+from lln_jax.data import input_pipeline, labeled_splits
 from lln_jax.models import resnet
 from lln_jax.run import sharding
 from lln_jax.training import optim, steps
@@ -67,7 +66,7 @@ class Experiment:
     mesh: jax.sharding.Mesh
     data_sharding: jax.sharding.NamedSharding
     replicated: jax.sharding.NamedSharding
-    splits: dict[str, input_pipeline.Split]
+    splits: dict[str, labeled_splits.Split]
     labels_digest: str  # sha256 of the train split's observed labels
     num_classes: int
     steps_per_epoch: int
@@ -88,34 +87,6 @@ class Experiment:
     features_step: Any  # jitted steps.features_step
 
 
-def open_splits(data_config: ml_collections.ConfigDict) -> dict[str, input_pipeline.Split]:
-    """Opens the data set (preparing it where possible); train/val/test splits.
-
-    With several processes, process 0 prepares (or upgrades) the data while the others wait,
-    so that they never write the same files at once.
-    """
-    open_sources = functools.partial(
-        datasets.open_splits,
-        data_config.name,
-        data_config.data_dir,
-        allow_unchecked_counts=data_config.allow_unchecked_counts,
-        storage=image_storage.parse(data_config.storage, data_config.image_size),
-    )
-    if jax.process_count() > 1:
-        if jax.process_index() == 0:
-            open_sources()
-        multihost_utils.sync_global_devices("lln_jax: the data is prepared")
-    train, test = open_sources()
-    return input_pipeline.create_splits(
-        train,
-        test,
-        label_setting=data_config.label_setting,
-        observed_seed=data_config.observed_seed,
-        split_seed=data_config.split_seed,
-        val_frac=data_config.val_frac,
-    )
-
-
 def labels_digest(labels_obs: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(labels_obs).tobytes()).hexdigest()
 
@@ -128,7 +99,7 @@ def _check_batch_sizes(data_config, num_devices: int) -> None:
             )
 
 
-def _scheme(config, train: input_pipeline.Split, steps_per_epoch: int) -> schemes.LossScheme:
+def _scheme(config, train: labeled_splits.Split, steps_per_epoch: int) -> schemes.LossScheme:
     context = schemes.SchemeContext(
         num_examples=train.num_examples,
         num_classes=train.labels_true.shape[1],
@@ -167,7 +138,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     mesh = sharding.create_mesh()
     data_sharding, replicated = sharding.data_sharding(mesh), sharding.replicated(mesh)
     _check_batch_sizes(config.data, jax.device_count())
-    splits = open_splits(config.data)
+    splits = labeled_splits.open_splits(config.data)
     train = splits["train"]
     num_classes = train.labels_true.shape[1]
     steps_per_epoch = input_pipeline.steps_per_epoch(train.num_examples, config.data.batch_size)

@@ -9,11 +9,12 @@ starts from the label files without reading an image.
 
 from typing import Any, NamedTuple
 
+import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from lln_jax.data import image_storage, input_pipeline
+from lln_jax.data import image_storage
 from lln_jax.data.datasets import (
     coco,
     cub,
@@ -79,6 +80,18 @@ NOT_READY_ERRORS = (prepared.LabelFileError, resized.StoreError)
 
 class DataNotPreparedError(FileNotFoundError):
     """A data set that needs downloaded files is not prepared; the message says how."""
+
+
+class LabeledSource(NamedTuple):
+    """Records and their label matrices (read once, without the images).
+
+    Attributes:
+      source: records with `image` (encoded bytes), indexable by row.
+      labels: `labels` `[N, C]` {0, 1}, and `labels_obs` `[N, C]` where the data stores them.
+    """
+
+    source: Any
+    labels: dict[str, np.ndarray]
 
 
 def _expected_counts(data_builder) -> dict[str, int]:
@@ -238,7 +251,7 @@ def open_splits(
     *,
     allow_unchecked_counts: bool = False,
     storage: image_storage.Storage | None = None,
-) -> tuple[input_pipeline.LabeledSource, input_pipeline.LabeledSource]:
+) -> tuple[LabeledSource, LabeledSource]:
     """Prepares (where possible) and opens the `(train, test)` splits of `name`.
 
     Each is a `LabeledSource`: records (random access by row; `image` stays encoded, so that
@@ -267,7 +280,7 @@ def open_splits(
             for split, source in sources.items()
         }
     return tuple(
-        input_pipeline.LabeledSource(
+        LabeledSource(
             sources[split],
             prepared.read_labels(
                 data_builder, split, num_records=len(sources[split]), rewrite_command=command
