@@ -19,6 +19,11 @@ import pytest
 from absl import flags
 
 jax.config.update("jax_disable_most_optimizations", True)
+# libtpu for the TPU plan's compiles (read when the TPU plugin loads, after this), kept by
+# `make` apart from the environment's packages.
+_LIBTPU = pathlib.Path(__file__).resolve().parents[1] / ".venv/libtpu/libtpu/libtpu.so"
+if _LIBTPU.exists():
+    os.environ.setdefault("TPU_LIBRARY_PATH", str(_LIBTPU))
 # The test session is the program: it parses absl's flags (grain's workers read them).
 flags.FLAGS.mark_as_parsed()
 
