@@ -6,13 +6,13 @@ BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: demo test test-slow lint format clean
 
+# libtpu (the version jax's `tpu` extra pins) is for `python -m lln_jax.plan`'s compiles: kept
+# in $(VENV)/libtpu, apart from the environment's packages, so that no training run probes
+# for a TPU; the tests point TPU_LIBRARY_PATH at it.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
-	# libtpu (the version jax's `tpu` extra pins) for `python -m lln_jax.plan`'s compiles, kept
-	# apart from the environment's packages so that no training run probes for a TPU; the
-	# tests point TPU_LIBRARY_PATH at it.
 	$(VENV)/bin/python -m pip install --quiet --no-deps --target $(VENV)/libtpu libtpu==0.0.42.1
 	touch $@
 
