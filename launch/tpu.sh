@@ -27,6 +27,8 @@
 #   --config ARG                 e.g. configs/coco.py:scheme=ll_r (run, create --queued)
 #   --workdir gs://...           [BUCKET/runs/NAME]
 #   --dataset NAME --image_size N   (prepare)
+#   --no-plan                    create without compiling the run's step for the slice
+#                                first (`python -m lln_jax.plan`, with $LLN_PYTHON [python3])
 #   --dry-run                    print the exact commands instead of running them
 #   -- FLAGS...                  more flags of lln_jax.main (run, create --queued, recover),
 #                                e.g. -- --config.data.storage=jpeg95
@@ -43,10 +45,10 @@ COMMAND="${1:-}"
 [[ -z "${COMMAND}" || "${COMMAND}" == -h || "${COMMAND}" == --help ]] && usage 0
 shift
 NAME=lln ZONE="" ACCELERATOR=v4-8 VERSION="" PRICING=on-demand
-QUEUED=0 BUCKET="" CONFIG="" WORKDIR="" DATASET="" IMAGE_SIZE="" DRY_RUN=0 EXTRA=()
+QUEUED=0 BUCKET="" CONFIG="" WORKDIR="" DATASET="" IMAGE_SIZE="" DRY_RUN=0 PLAN=1 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --queued|--dry-run|--) ;;
+    --queued|--dry-run|--no-plan|--) ;;
     --*) [[ $# -ge 2 && "$2" != --* ]] || die "$1 needs a value" ;;
   esac
   case "$1" in
@@ -62,6 +64,7 @@ while [[ $# -gt 0 ]]; do
     --dataset) DATASET="$2"; shift 2 ;;
     --image_size) IMAGE_SIZE="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
+    --no-plan) PLAN=0; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "tpu.sh: unknown option $1" >&2; usage 2 ;;
   esac
@@ -142,8 +145,21 @@ on_workers() {
   step gcloud compute tpus tpu-vm ssh "${NAME}" --zone="${ZONE}" --worker=all --command="$1"
 }
 
+# Before paying for the slice: the run's train step compiled for its chips, here (exit 2
+# when the batch does not fit or divide). Only the config's overrides among the flags apply.
+plan_slice() {
+  [[ -n "${CONFIG}" && "${PLAN}" == 1 ]] || return 0
+  local overrides=()
+  for word in "${EXTRA[@]}"; do
+    [[ "${word}" != --config.* ]] || overrides+=("${word}")
+  done
+  step "${LLN_PYTHON:-python3}" -m lln_jax.plan --config="${CONFIG}" \
+    --topology="${ACCELERATOR}" "${overrides[@]}"
+}
+
 create() {
   need BUCKET
+  plan_slice
   upload_source
   local flags
   read -r -a flags <<< "$(pricing_flags)"
@@ -207,6 +223,7 @@ delete() {
 recover() {
   need BUCKET CONFIG
   delete
+  PLAN=0  # The same slice and config as the run it resumes: planned when first created.
   create
   if [[ "${QUEUED}" == 0 ]]; then
     setup

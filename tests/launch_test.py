@@ -84,6 +84,7 @@ def test_each_command_makes_exactly_the_calls_its_dry_run_prints(case, tmp_path)
         **os.environ,
         "PATH": f"{fake.parent}:{os.environ['PATH']}",
         "GCLOUD_CALLS": str(calls_file),
+        "LLN_PYTHON": str(_fake_python(tmp_path, exit_code=0)),
     }
     done = subprocess.run(
         [*TPU, *CASES[case]], capture_output=True, text=True, cwd=ROOT, env=environment,
@@ -92,6 +93,41 @@ def test_each_command_makes_exactly_the_calls_its_dry_run_prints(case, tmp_path)
     assert done.returncode == 0, done.stderr
     recorded = [line.split("\0") for line in calls_file.read_text().split("\0\n") if line]
     assert recorded == _gcloud_calls_printed(_dry_run(CASES[case]))
+    planned = (tmp_path / "python_args").read_text() if case == "create_queued" else None
+    if planned is not None:  # The slice was planned first, for the run's config.
+        assert planned.split("\0")[:3] == ["-m", "lln_jax.plan", f"--config={CONFIG[1]}"]
+
+
+def _fake_python(tmp_path, exit_code: int) -> pathlib.Path:
+    """A `python` that records its arguments and says the plan's verdict by exit code."""
+    fake = tmp_path / "fake_python"
+    refusal = "echo 'lln_jax.plan: the train step does not fit v4-8' >&2\n"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f"printf '%s\\0' \"$@\" > {tmp_path / 'python_args'}\n"
+        + (refusal if exit_code else "")
+        + f"exit {exit_code}\n"
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+def test_create_stops_before_creating_anything_when_the_plan_refuses(tmp_path):
+    fake = tmp_path / "bin" / "gcloud"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_GCLOUD)
+    fake.chmod(0o755)
+    environment = {
+        **os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}",
+        "GCLOUD_CALLS": str(tmp_path / "calls"),
+        "LLN_PYTHON": str(_fake_python(tmp_path, exit_code=2)),
+    }  # fmt: skip
+    done = subprocess.run([*TPU, *CASES["create_queued"]], capture_output=True, text=True,
+                          cwd=ROOT, env=environment, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert done.returncode == 2 and "does not fit v4-8" in done.stderr
+    assert not (tmp_path / "calls").exists()  # No upload, no slice.
+    skipped = _dry_run([*CASES["create_queued"], "--no-plan"])
+    assert "lln_jax.plan" not in skipped
 
 
 def test_bad_input_is_refused_with_one_line():
