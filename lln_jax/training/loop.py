@@ -71,13 +71,15 @@ def train(
         experiment.lr_fn,
     )  # fmt: skip
     merged = None
+    # One dispatch a step: clu's `merge` is a dozen host-side jnp operations otherwise.
+    merge = jax.jit(lambda merged, update: merged.merge(update), donate_argnums=0)
     batches = input_pipeline.TimedBatches(train_batches(experiment, start=step))
     for batch in batches:
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             state, update, scheduled = experiment.train_step(
                 state, input_pipeline.to_global(batch, experiment.data_sharding)
             )
-        merged = update if merged is None else merged.merge(update)
+        merged = update if merged is None else merge(merged, update)
         step += 1
         report(step)
         epoch_ends = step % experiment.steps_per_epoch == 0
