@@ -15,4 +15,9 @@ exec >> /var/log/lln_jax-startup.log 2>&1
 gcloud storage cp "${BUCKET}/launch/lln_jax.tar.gz" /tmp/lln_jax.tar.gz
 mkdir -p "${HOME}/lln_jax" && tar -xzf /tmp/lln_jax.tar.gz -C "${HOME}/lln_jax"
 bash "${HOME}/lln_jax/launch/setup.sh" tpu
+# A run stopped with `tpu.sh stop` stays stopped across boots until `tpu.sh run`.
+if [[ "$(gcloud storage cat "${BUCKET}/launch/${NAME}/state" 2>/dev/null || true)" == stopped ]]; then
+  echo "the run was stopped with tpu.sh stop: not restarting it (tpu.sh run resumes it)"
+  exit 0
+fi
 bash "${HOME}/lln_jax/launch/run_worker.sh" "${BUCKET}/launch/${NAME}/run.args"

@@ -12,6 +12,9 @@
 #            weights to gs://BUCKET/weights; the CPU VM is deleted afterwards
 #   run      start --config on every worker (LLN_MULTIHOST=1), logs in ~/lln_logs/
 #   status   the TPU's state and the last lines of every worker's log
+#   stop     SIGTERM to the run on every worker (it saves and exits 75, as on a preemption),
+#            and mark it stopped so that a queued resource's next boot does not restart it;
+#            `run` starts it again, resuming
 #   recover  after a preemption: delete, re-create, set up and re-run the same command;
 #            the run resumes from its gs:// workdir
 #   delete   delete the TPU VM or the queued resource
@@ -87,6 +90,7 @@ ZONE="${ZONE:-${DEFAULT_ZONE}}"
 WORKDIR="${WORKDIR:-${BUCKET}/runs/${NAME}}"
 SOURCE="${BUCKET}/launch/lln_jax.tar.gz"
 RUN_ARGS="${BUCKET}/launch/${NAME}/run.args"
+RUN_STATE="${BUCKET}/launch/${NAME}/state"  # "running" or "stopped", read at each boot
 
 need() { for var in "$@"; do [[ -n "${!var}" ]] || die "${COMMAND} needs --${var,,}"; done; }
 
@@ -166,6 +170,7 @@ create() {
   if [[ "${QUEUED}" == 1 ]]; then
     need CONFIG
     upload_run_args
+    mark_run running  # Its startup script starts the run at every boot.
     step gcloud compute tpus queued-resources create "${NAME}" --node-id="${NAME}" \
       --zone="${ZONE}" --accelerator-type="${ACCELERATOR}" --runtime-version="${VERSION}" \
       "${flags[@]}" --metadata-from-file=startup-script="$(dirname "$0")/startup.sh" \
@@ -196,10 +201,22 @@ ${BUCKET} ${IMAGE_SIZE}"
   step gcloud compute instances delete "${vm}" --zone="${ZONE}" --quiet
 }
 
+mark_run() {
+  echo "+ echo $1 | gcloud storage cp - ${RUN_STATE}"
+  if [[ "${DRY_RUN}" == 0 ]]; then echo "$1" | gcloud storage cp - "${RUN_STATE}"; fi
+}
+
 run() {
   need BUCKET CONFIG
   upload_run_args
+  mark_run running
   on_workers "bash ~/lln_jax/launch/run_worker.sh ${RUN_ARGS}"
+}
+
+stop() {
+  need BUCKET
+  mark_run stopped
+  on_workers "bash ~/lln_jax/launch/stop_worker.sh"
 }
 
 status() {
@@ -232,6 +249,6 @@ recover() {
 }
 
 case "${COMMAND}" in
-  create|setup|prepare|run|status|recover|delete) "${COMMAND}" ;;
+  create|setup|prepare|run|status|stop|recover|delete) "${COMMAND}" ;;
   *) echo "tpu.sh: unknown command ${COMMAND}" >&2; usage 2 ;;
 esac

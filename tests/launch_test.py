@@ -29,6 +29,7 @@ CASES = {
     "prepare": ["prepare", *COMMON, "--dataset", "coco2014", "--image_size", "448"],
     "run": ["run", *COMMON, *CONFIG, "--", "--config.data.storage=jpeg95"],
     "status": ["status", *COMMON],
+    "stop": ["stop", *COMMON],
     "recover": ["recover", *COMMON, "--pricing", "spot", *CONFIG],
     "recover_queued": ["recover", *COMMON, "--queued", "--pricing", "spot", *CONFIG],
     "delete": ["delete", *COMMON],
@@ -263,6 +264,33 @@ def test_run_worker_starts_one_process_with_the_runs_words_and_refuses_a_second(
         assert "already runs lln_jax.main (pid " in again.stderr
     finally:
         subprocess.run(["pkill", "-f", f"{environment['HOME']}/lln_venv/bin/python"])
+
+
+def _stop_worker(environment):
+    return subprocess.run(["bash", str(LAUNCH / "stop_worker.sh"), "20"], capture_output=True,
+                          text=True, env=environment, timeout=60)  # fmt: skip
+
+
+def test_stop_worker_sends_sigterm_and_waits_for_the_run_to_save_and_exit(tmp_path):
+    environment = _worker_home(tmp_path, None)
+    python = pathlib.Path(environment["HOME"]) / "lln_venv" / "bin" / "python"
+    python.write_text(  # A run that saves for a second on SIGTERM, then exits 75.
+        f"#!/bin/bash\ntrap 'sleep 1; touch {tmp_path}/saved; exit 75' TERM\n"
+        f"touch {tmp_path}/up\nwhile true; do sleep 0.1; done\n"
+    )
+    run = subprocess.Popen([str(python), "-m", "lln_jax.main", "--workdir=w"], env=environment)
+    try:
+        deadline = time.time() + 10
+        while not (tmp_path / "up").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        stopped = _stop_worker(environment)
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.startswith("stopped on ") and "saved and exited" in stopped.stdout
+        assert (tmp_path / "saved").exists() and run.wait(timeout=10) == 75
+    finally:
+        run.kill()
+    again = _stop_worker(environment)
+    assert again.returncode == 0 and "no lln_jax.main was running" in again.stdout
 
 
 def test_run_worker_refuses_when_the_arguments_cannot_be_read(tmp_path):
