@@ -5,8 +5,8 @@
 #
 #   bash ~/lln_jax/launch/prepare_data.sh voc2012|coco2014|cub gs://BUCKET [IMAGE_SIZE]
 #
-# NUS-WIDE has no public download of its images: copy Cole et al.'s formatted files and
-# images to ~/manual/nuswide first, then run this with `nuswide`.
+# NUS-WIDE has no public download of its images: upload Cole et al.'s formatted files and
+# images to gs://BUCKET/manual/nuswide/ first; this copies them to ~/manual/nuswide.
 set -euo pipefail
 
 DATASET="${1:?give voc2012, coco2014, cub or nuswide}"
@@ -28,7 +28,8 @@ case "${DATASET}" in
     wget -nc -q -O CUB_200_2011.tgz \
       'https://data.caltech.edu/records/65de6-vzc84/files/CUB_200_2011.tgz?download=1'
     tar -xzf CUB_200_2011.tgz ;;
-  nuswide) ;;
+  nuswide)
+    gcloud storage cp -r "${BUCKET}/manual/nuswide/*" "${MANUAL}/" ;;
   *) echo "prepare_data.sh: unknown data set ${DATASET}" >&2; exit 2 ;;
 esac
 cd "${HOME}/lln_jax"

@@ -9,7 +9,8 @@
 #   setup    install the project on every worker (idempotent: venv, jax[tpu], the package)
 #   prepare  on a CPU VM with a large disk: download a data set, prepare it into
 #            gs://BUCKET/tfds (with --image_size, also pre-resized), convert the ImageNet
-#            weights to gs://BUCKET/weights; the CPU VM is deleted afterwards
+#            weights to gs://BUCKET/weights; the VM works detached and deletes itself when
+#            done (NUS-WIDE: upload its files to gs://BUCKET/manual/nuswide/ first)
 #   run      start --config on every worker (LLN_MULTIHOST=1), logs in ~/lln_logs/
 #   status   the TPU's state and the last lines of every worker's log
 #   stop     SIGTERM to the run on every worker (it saves and exits 75, as on a preemption),
@@ -194,11 +195,16 @@ prepare() {
   step gcloud compute instances create "${vm}" --zone="${ZONE}" --machine-type=n2-standard-16 \
     --boot-disk-size=1000GB --image-family=ubuntu-2204-lts --image-project=ubuntu-os-cloud \
     --scopes=cloud-platform
+  # The VM works detached from this ssh and deletes itself when done: hours of download
+  # survive a dropped connection, and a failure leaves nothing billing.
+  trap 'echo "tpu.sh: the prepare VM ${vm} may still run (and bill): gcloud compute instances delete ${vm} --zone=${ZONE}" >&2' ERR
   step gcloud compute ssh "${vm}" --zone="${ZONE}" --command="gcloud storage cp ${SOURCE} \
 /tmp/lln_jax.tar.gz && mkdir -p ~/lln_jax && tar -xzf /tmp/lln_jax.tar.gz -C ~/lln_jax \
-&& bash ~/lln_jax/launch/setup.sh cpu && bash ~/lln_jax/launch/prepare_data.sh ${DATASET} \
-${BUCKET} ${IMAGE_SIZE}"
-  step gcloud compute instances delete "${vm}" --zone="${ZONE}" --quiet
+&& (nohup bash ~/lln_jax/launch/prepare_vm.sh ${DATASET} ${BUCKET} ${ZONE} ${IMAGE_SIZE} \
+> /dev/null 2>&1 &)"
+  trap - ERR
+  echo "${vm} prepares ${DATASET} into ${BUCKET}/tfds and deletes itself when done; its log:" \
+    "${BUCKET}/launch/prepare-${DATASET}.log (watch it: gcloud compute instances list)"
 }
 
 mark_run() {

@@ -325,3 +325,32 @@ def test_the_slurm_job_requeues_itself_when_the_run_stopped_after_a_checkpoint(
     assert "--config.data.data_dir=gs://b/tfds" in calls[0]
     assert calls[1:] == (["scontrol requeue 42"] if requeued else [])
     assert (tmp_path / "lln_logs").is_dir()
+
+
+@pytest.mark.parametrize("setup_exit", [0, 1])
+def test_the_prepare_vm_uploads_its_log_and_deletes_itself_even_when_preparing_fails(
+    tmp_path, setup_exit
+):
+    home, fake_bin = tmp_path / "home", tmp_path / "bin"
+    scripts = home / "lln_jax" / "launch"
+    scripts.mkdir(parents=True)
+    fake_bin.mkdir()
+    (scripts / "setup.sh").write_text(f"echo setting up\nexit {setup_exit}\n")
+    (scripts / "prepare_data.sh").write_text(f'echo "prepared $*" > {tmp_path}/prepared\n')
+    (fake_bin / "gcloud").write_text(f'#!/bin/bash\necho "$*" >> {tmp_path}/calls\n')
+    (fake_bin / "hostname").write_text("#!/bin/bash\necho lln-coco-prepare\n")
+    for script in fake_bin.iterdir():
+        script.chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(LAUNCH / "prepare_vm.sh"), "coco2014", "gs://b", "us-central2-b", "448"],
+        env={"PATH": f"{fake_bin}:/usr/bin:/bin", "HOME": str(home)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        f"storage cp {home}/prepare-coco2014.log gs://b/launch/prepare-coco2014.log",
+        "compute instances delete lln-coco-prepare --zone=us-central2-b --quiet",
+    ]
+    log = (home / "prepare-coco2014.log").read_text()
+    assert f"prepare_vm.sh: exit {setup_exit}" in log
+    assert (tmp_path / "prepared").exists() == (setup_exit == 0)
