@@ -16,8 +16,9 @@
 #   stop     SIGTERM to the run on every worker (it saves and exits 75, as on a preemption),
 #            and mark it stopped so that a queued resource's next boot does not restart it;
 #            `run` starts it again, resuming
-#   recover  after a preemption: delete, re-create, set up and re-run the same command;
-#            the run resumes from its gs:// workdir
+#   recover  after a preemption: delete (unless already gone), re-create, set up and re-run
+#            the same command; the run resumes from its gs:// workdir. A TPU that is READY
+#            (ACTIVE) is refused: nothing to recover
 #   delete   delete the TPU VM or the queued resource
 #
 # Options (defaults in brackets):
@@ -243,9 +244,30 @@ delete() {
   fi
 }
 
+# The TPU's state (queued resource: ACTIVE, SUSPENDED, ...; VM: READY, PREEMPTED, ...), or
+# NOT_FOUND, into STATE. A dry run prints the query and goes on as if the TPU needed
+# recovering.
+tpu_state() {
+  local query=(gcloud compute tpus tpu-vm describe "${NAME}" --zone="${ZONE}"
+               --format="value(state)")
+  if [[ "${QUEUED}" == 1 ]]; then
+    query=(gcloud compute tpus queued-resources describe "${NAME}" --zone="${ZONE}"
+           --format="value(state.state)")
+  fi
+  printf '+'; for word in "${query[@]}"; do printf ' '; quote "${word}"; done; printf '\n'
+  STATE=UNKNOWN
+  if [[ "${DRY_RUN}" == 0 ]]; then STATE="$("${query[@]}" 2>/dev/null)" || STATE=NOT_FOUND; fi
+}
+
 recover() {
   need BUCKET CONFIG
-  delete
+  tpu_state
+  case "${STATE}" in
+    READY|ACTIVE)
+      die "recover: ${NAME} is ${STATE}, nothing to recover (status shows its run; stop, delete end it)" ;;
+    NOT_FOUND) echo "${NAME} is gone: re-creating it" ;;
+    *) delete ;;
+  esac
   PLAN=0  # The same slice and config as the run it resumes: planned when first created.
   create
   if [[ "${QUEUED}" == 0 ]]; then

@@ -354,3 +354,31 @@ def test_the_prepare_vm_uploads_its_log_and_deletes_itself_even_when_preparing_f
     log = (home / "prepare-coco2014.log").read_text()
     assert f"prepare_vm.sh: exit {setup_exit}" in log
     assert (tmp_path / "prepared").exists() == (setup_exit == 0)
+
+
+@pytest.mark.parametrize(
+    ("state", "exit_code", "deleted"),
+    [("READY", 2, False), (None, 0, False), ("PREEMPTED", 0, True)],  # None: NOT_FOUND
+)
+def test_recover_refuses_a_healthy_tpu_and_does_not_delete_one_already_gone(
+    tmp_path, state, exit_code, deleted
+):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    describe = f"echo {state}" if state else "echo 'ERROR: NOT_FOUND' >&2; exit 1"
+    (fake_bin / "gcloud").write_text(
+        f'#!/bin/bash\necho "$*" >> {tmp_path}/calls\ncat > /dev/null\n'
+        f'if [[ "$*" == *" describe "* ]]; then {describe}; fi\n'
+    )
+    (fake_bin / "gcloud").chmod(0o755)
+    environment = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
+    done = subprocess.run([*TPU, *CASES["recover"]], capture_output=True, text=True, cwd=ROOT,
+                          env=environment, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert done.returncode == exit_code, done.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[0].startswith("compute tpus tpu-vm describe lln-coco")
+    assert any(" delete " in f" {c} " for c in calls) == deleted
+    if state == "READY":
+        assert calls == calls[:1] and "lln-coco is READY, nothing to recover" in done.stderr
+    else:
+        assert any(c.startswith("compute tpus tpu-vm create lln-coco") for c in calls)
