@@ -49,7 +49,7 @@ die() { echo "tpu.sh: $*" >&2; exit 2; }
 COMMAND="${1:-}"
 [[ -z "${COMMAND}" || "${COMMAND}" == -h || "${COMMAND}" == --help ]] && usage 0
 shift
-NAME=lln ZONE="" ACCELERATOR=v4-8 VERSION="" PRICING=on-demand
+NAME=lln ZONE="" ACCELERATOR="" VERSION="" PRICING=""
 QUEUED=0 BUCKET="" CONFIG="" WORKDIR="" DATASET="" IMAGE_SIZE="" DRY_RUN=0 PLAN=1 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -77,22 +77,35 @@ done
 for word in "${EXTRA[@]}"; do
   [[ "${word}" != --dry-run ]] || die "--dry-run goes before --, not among lln_jax.main's flags"
 done
+# What was given, apart from the defaults: recover takes the rest from the slice's record.
+GIVEN_ACCELERATOR="${ACCELERATOR}" GIVEN_VERSION="${VERSION}" GIVEN_PRICING="${PRICING}"
+GIVEN_ZONE="${ZONE}"
+
 # The runtime image and the default zone follow the accelerator's generation.
-case "${ACCELERATOR}" in
-  v4-*) DEFAULT_VERSION=tpu-ubuntu2204-base DEFAULT_ZONE=us-central2-b ;;
-  v5litepod-*) DEFAULT_VERSION=v2-alpha-tpuv5-lite DEFAULT_ZONE="" ;;
-  v5p-*) DEFAULT_VERSION=v2-alpha-tpuv5 DEFAULT_ZONE="" ;;
-  v6e-*) DEFAULT_VERSION=v2-alpha-tpuv6e DEFAULT_ZONE="" ;;
-  *) die "--accelerator ${ACCELERATOR}: give v4-N, v5litepod-N, v5p-N or v6e-N" ;;
-esac
-VERSION="${VERSION:-${DEFAULT_VERSION}}"
-ZONE="${ZONE:-${DEFAULT_ZONE}}"
-[[ -n "${ZONE}" ]] || die "--accelerator ${ACCELERATOR} needs --zone (a zone that offers it;" \
-  "us-central2-b, v4's default, does not)"
+resolve_slice() {
+  ACCELERATOR="${ACCELERATOR:-v4-8}" PRICING="${PRICING:-on-demand}"
+  case "${ACCELERATOR}" in
+    v4-*) DEFAULT_VERSION=tpu-ubuntu2204-base DEFAULT_ZONE=us-central2-b ;;
+    v5litepod-*) DEFAULT_VERSION=v2-alpha-tpuv5-lite DEFAULT_ZONE="" ;;
+    v5p-*) DEFAULT_VERSION=v2-alpha-tpuv5 DEFAULT_ZONE="" ;;
+    v6e-*) DEFAULT_VERSION=v2-alpha-tpuv6e DEFAULT_ZONE="" ;;
+    *) die "--accelerator ${ACCELERATOR}: give v4-N, v5litepod-N, v5p-N or v6e-N" ;;
+  esac
+  VERSION="${GIVEN_VERSION:-${VERSION:-${DEFAULT_VERSION}}}"
+  ZONE="${GIVEN_ZONE:-${DEFAULT_ZONE}}"
+  [[ -n "${ZONE}" ]] || die "--accelerator ${ACCELERATOR} needs --zone (a zone that offers it;" \
+    "us-central2-b, v4's default, does not)"
+  case "${PRICING}" in
+    spot|on-demand|reserved) ;;
+    *) die "--pricing must be spot, on-demand or reserved, not ${PRICING}" ;;
+  esac
+}
+resolve_slice
 WORKDIR="${WORKDIR:-${BUCKET}/runs/${NAME}}"
 SOURCE="${BUCKET}/launch/lln_jax.tar.gz"
 RUN_ARGS="${BUCKET}/launch/${NAME}/run.args"
 RUN_STATE="${BUCKET}/launch/${NAME}/state"  # "running" or "stopped", read at each boot
+SLICE="${BUCKET}/launch/${NAME}/slice"  # The accelerator, runtime and pricing it was created with
 
 need() { for var in "$@"; do [[ -n "${!var}" ]] || die "${COMMAND} needs --${var,,}"; done; }
 
@@ -112,11 +125,6 @@ step() {
   printf '\n'
   if [[ "${DRY_RUN}" == 0 ]]; then "$@"; fi
 }
-
-case "${PRICING}" in
-  spot|on-demand|reserved) ;;
-  *) die "--pricing must be spot, on-demand or reserved, not ${PRICING}" ;;
-esac
 
 pricing_flags() {
   case "${PRICING}" in
@@ -163,10 +171,39 @@ plan_slice() {
     --topology="${ACCELERATOR}" "${overrides[@]}"
 }
 
+# What the slice was created with, so that recover re-creates the same one.
+record_slice() {
+  local words="--accelerator ${ACCELERATOR} --version ${VERSION} --pricing ${PRICING}"
+  echo "+ echo ${words} | gcloud storage cp - ${SLICE}"
+  if [[ "${DRY_RUN}" == 0 ]]; then echo "${words}" | gcloud storage cp - "${SLICE}"; fi
+}
+
+# The options recover was not given, from the slice's record (a dry run cannot read it:
+# it shows the defaults).
+read_slice() {
+  echo "+ gcloud storage cat ${SLICE}"
+  [[ "${DRY_RUN}" == 0 ]] || return 0
+  local recorded=() option
+  read -r -a recorded <<< "$(gcloud storage cat "${SLICE}" 2>/dev/null || true)"
+  VERSION="${GIVEN_VERSION}"  # The image follows the accelerator unless given or recorded.
+  set -- "${recorded[@]}"
+  while [[ $# -ge 2 ]]; do
+    option="$1"; shift
+    case "${option}" in
+      --accelerator) ACCELERATOR="${GIVEN_ACCELERATOR:-$1}" ;;
+      --version) [[ -n "${GIVEN_ACCELERATOR}" ]] || VERSION="${GIVEN_VERSION:-$1}" ;;
+      --pricing) PRICING="${GIVEN_PRICING:-$1}" ;;
+    esac
+    shift
+  done
+  resolve_slice
+}
+
 create() {
   need BUCKET
   plan_slice
   upload_source
+  record_slice
   local flags
   read -r -a flags <<< "$(pricing_flags)"
   if [[ "${QUEUED}" == 1 ]]; then
@@ -268,6 +305,7 @@ recover() {
     NOT_FOUND) echo "${NAME} is gone: re-creating it" ;;
     *) delete ;;
   esac
+  read_slice
   PLAN=0  # The same slice and config as the run it resumes: planned when first created.
   create
   if [[ "${QUEUED}" == 0 ]]; then

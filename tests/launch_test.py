@@ -382,3 +382,25 @@ def test_recover_refuses_a_healthy_tpu_and_does_not_delete_one_already_gone(
         assert calls == calls[:1] and "lln-coco is READY, nothing to recover" in done.stderr
     else:
         assert any(c.startswith("compute tpus tpu-vm create lln-coco") for c in calls)
+
+
+def test_recover_re_creates_the_slice_recorded_at_create(tmp_path):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    recorded = "--accelerator v5litepod-8 --version v2-alpha-tpuv5-lite --pricing spot"
+    (fake_bin / "gcloud").write_text(
+        f'#!/bin/bash\necho "$*" >> {tmp_path}/calls\ncat > /dev/null\n'
+        'if [[ "$*" == *" describe "* ]]; then echo PREEMPTED; fi\n'
+        f'if [[ "$*" == "storage cat "*/slice ]]; then echo "{recorded}"; fi\n'
+    )
+    (fake_bin / "gcloud").chmod(0o755)
+    environment = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
+    args = ["recover", "--bucket", "gs://b", "--name", "n", "--zone", "us-west4-a", *CONFIG]
+    done = subprocess.run([*TPU, *args], capture_output=True, text=True, cwd=ROOT,
+                          env=environment, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    created = [c for c in (tmp_path / "calls").read_text().splitlines() if " create " in f" {c} "]
+    assert created == [
+        "compute tpus tpu-vm create n --zone=us-west4-a --accelerator-type=v5litepod-8 "
+        "--version=v2-alpha-tpuv5-lite --spot"
+    ]
