@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "lln_jax"
-COMMANDS = {"main", "plan", "prepare", "report"}
+COMMANDS = {"main", "plan", "prepare", "report", "sweep"}
 # What each room may import besides itself (`../shared/STYLE.md`, B.2).
 ALLOWED = {
     "run": set(),

@@ -81,6 +81,27 @@ def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_previous_one_used(
     assert results["test_map"] == finished[2]["test_map"]
 
 
+def test_a_run_that_took_the_lease_after_another_finished_the_work_does_nothing(
+    data_dir, finished, tmp_path, monkeypatch
+):
+    """Two starts race: this one read no results before the lease, the other then finished
+    and let go; under the lease the results are there, so nothing runs again."""
+    workdir = tmp_path / "work"
+    shutil.copytree(finished[0], workdir)
+    (workdir / workdir_lock.LOCK_FILE).unlink(missing_ok=True)
+    results = (workdir / "results.json").read_text()
+    real, calls = trainer.workdir_lib.finished_results, []
+
+    def not_yet_then_real(config, path):
+        calls.append(path)
+        return None if len(calls) == 1 else real(config, path)
+
+    monkeypatch.setattr(trainer.workdir_lib, "finished_results", not_yet_then_real)
+    monkeypatch.setattr(trainer.experiment, "build", lambda config: pytest.fail("it built"))
+    assert trainer.train_and_evaluate(_config(data_dir), str(workdir)) is None
+    assert len(calls) == 2 and (workdir / "results.json").read_text() == results
+
+
 def test_a_finished_run_that_lost_its_best_state_says_what_to_do(data_dir, finished, tmp_path):
     workdir = _unfinished_copy(finished, tmp_path)
     shutil.rmtree(workdir / "checkpoints" / "best")

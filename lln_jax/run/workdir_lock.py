@@ -220,6 +220,11 @@ class WorkdirLock:
             "use another --workdir, or stop that run first"
         )
 
+    def live_holder(self) -> dict[str, Any] | None:
+        """The lease of the run holding the workdir now (host, pid, times); None if none."""
+        lease, _ = self._store.read()
+        return None if lease is None or self._is_stale(lease) else lease
+
     def acquire(self) -> "WorkdirLock":
         """Takes the lease or raises `WorkdirLockedError` naming the live owner."""
         try:

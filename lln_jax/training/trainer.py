@@ -50,6 +50,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     lock = workdir_lock.WorkdirLock(workdir, **_lease_timings())
     _take_lease(lock)
     try:
+        # Again under the lease: the run that held it may have finished in between.
+        stored = workdir_lib.finished_results(config, workdir)
+        if stored is not None:
+            _report_stored(stored, workdir)
+            return None
         workdir_lib.check_config_file(config, workdir)  # Before the data is opened.
         return _run(config, experiment.build(config), workdir, lock)
     finally:
