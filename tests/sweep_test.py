@@ -5,8 +5,10 @@ same contract: results.json when done, one `lln_jax.main:` line and exit 2 when 
 taken, exit 75 after SIGTERM); the slow ones run the real trainer.
 """
 
+import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import textwrap
@@ -160,3 +162,70 @@ def test_the_shipped_sweeps_name_their_cells_once():
         assert lines and all(line.endswith(": to do") for line in lines)
         expected = {"paper_table.py": 4 * 12 * 3, "embedded.py": 14 * 3}[path.name]
         assert len(lines) == expected
+
+
+# ----------------------------------------------------------------------------- real runs
+
+COMPARED = ("test_map", "val_map", "best_epoch", "best_val_map", "final_step",
+            "train_selection_precision", "train_selection_recall")  # fmt: skip
+
+
+def _sweep_file(tmp_path, data_dir) -> pathlib.Path:
+    from conftest import CONFIG_DIR
+
+    path = tmp_path / "cells.py"
+    path.write_text(
+        textwrap.dedent(f"""
+        from lln_jax.run.sweep import Cell
+        FLAGS = ("--config.data.data_dir={data_dir}", "--config.checkpoint.every_steps=5")
+        CELLS = [Cell(f"{{s}}-seed{{seed}}", f"{CONFIG_DIR}/digits.py:scheme={{s}},runlocal",
+                      seed, FLAGS) for s in ("ll_r", "ll_cp") for seed in (0, 1)]
+    """)
+    )
+    return path
+
+
+def _start_sweep(cells, runs, processes, **popen):
+    environment = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    command = [sys.executable, "-m", "lln_jax.sweep", f"--sweep={cells}", f"--runs={runs}",
+               "--platform=cpu", f"--processes={processes}"]  # fmt: skip
+    return subprocess.Popen(command, env=environment, **popen)
+
+
+def _results(runs: pathlib.Path) -> dict:
+    return {
+        path.parent.name: {k: json.loads(path.read_text())[k] for k in COMPARED}
+        for path in sorted(runs.glob("*/results.json"))
+    }
+
+
+@pytest.mark.slow
+def test_a_sweep_in_two_processes_killed_and_rerun_equals_its_cells_run_one_at_a_time(
+    tmp_path, data_dir
+):
+    cells = _sweep_file(tmp_path, data_dir)
+    one_at_a_time = tmp_path / "sequential"
+    assert _start_sweep(cells, one_at_a_time, 1).wait(timeout=1200) == 0
+    expected = _results(one_at_a_time)
+    assert len(expected) == 4 and (one_at_a_time / "report" / "report.md").exists()
+
+    # Two sweeps at once on one directory share the cells; none runs twice.
+    shared = tmp_path / "shared"
+    both = [_start_sweep(cells, shared, 1) for _ in range(2)]
+    assert [sweep_.wait(timeout=1200) for sweep_ in both] == [0, 0]
+    assert _results(shared) == expected
+    for log in (shared / "_logs").glob("*.log"):  # One build per cell: the other refused.
+        assert log.read_text().count("steps per epoch:") == 1, log
+
+    # A worker SIGKILLed, the sweep SIGTERMed, then the same command again.
+    killed = tmp_path / "killed"
+    running = _start_sweep(cells, killed, 2)
+    deadline = time.time() + 600
+    while not list(killed.glob("*/checkpoints/latest/*")) and time.time() < deadline:
+        time.sleep(0.2)
+    subprocess.run(["pkill", "-KILL", "-f", f"--workdir={killed}/ll_r-seed0"])
+    running.send_signal(signal.SIGTERM)
+    assert running.wait(timeout=600) == 75
+    assert len(_results(killed)) < 4
+    assert _start_sweep(cells, killed, 2).wait(timeout=1200) == 0
+    assert _results(killed) == expected
