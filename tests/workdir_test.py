@@ -17,7 +17,7 @@ from etils import epath
 
 from lln_jax.run import atomic_write, checkpointing, run_identity, stop_request, workdir_lock
 from lln_jax.run import workdir as workdir_lib
-from lln_jax.training import loop, trainer
+from lln_jax.training import initial_state, loop, trainer
 
 TOTAL_STEPS = 30  # runlocal: 240 train examples, batch 16, 2 epochs.
 
@@ -67,11 +67,13 @@ CORRUPTIONS = {
     ],
 )
 def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_previous_one_used(
-    data_dir, finished, tmp_path, corruption
+    data_dir, finished, tmp_path, corruption, monkeypatch
 ):
     workdir = _unfinished_copy(finished, tmp_path)
     newest = workdir / "checkpoints" / "latest" / str(TOTAL_STEPS)
     CORRUPTIONS[corruption](newest)
+    # A resume restores into the state's structure alone: it never initialises one.
+    monkeypatch.setattr(initial_state, "fresh_state", lambda _: pytest.fail("initialised"))
     state = trainer.train_and_evaluate(_config(data_dir), str(workdir))
     quarantined = list((workdir / "checkpoints" / "quarantine").iterdir())
     assert [p.name.startswith(f"latest-{TOTAL_STEPS}-") for p in quarantined] == [True]
