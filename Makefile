@@ -26,10 +26,11 @@ demo: $(STAMP)
 	$(VENV)/bin/python -m lln_jax.main --config=configs/digits.py --workdir=runs/demo
 
 # The default tier in two worker processes (pytest-xdist): its tests are independent and
-# mostly single-threaded compiles. The slow tier stays in one process: its multi-process
-# jobs, leases and timeouts would compete for the cores.
+# mostly single-threaded compiles. A module stays on one worker (`--dist loadfile`), so that
+# its module-scoped fixtures (a whole training run) are built once. The slow tier stays in
+# one process: its multi-process jobs, leases and timeouts would compete for the cores.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n 2
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile
 
 test-slow: $(BENCH_STAMP)
 	$(VENV)/bin/python -m pytest -m slow

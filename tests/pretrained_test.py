@@ -29,13 +29,16 @@ def _load_fixture(directory: pathlib.Path, prefix: str):
 
 
 def _check_parity(model, variables, outputs, tolerance):
-    initial = model.init(jax.random.PRNGKey(0), outputs["pixels"][:1], train=False)
+    # Jitted: one compile each instead of hundreds of eager dispatches.
+    init = jax.jit(functools.partial(model.init, train=False))
+    initial = init(jax.random.PRNGKey(0), outputs["pixels"][:1])
     variables = pretrained.merge(initial, variables, exclude=())  # Every name and shape.
-    eval_logits = model.apply(variables, outputs["pixels"], train=False)
-    np.testing.assert_allclose(eval_logits, outputs["eval_logits"], **tolerance)
-    train_logits, updates = model.apply(
-        variables, outputs["pixels"], train=True, mutable=["batch_stats"]
+    eval_logits = jax.jit(functools.partial(model.apply, train=False))(
+        variables, outputs["pixels"]
     )
+    np.testing.assert_allclose(eval_logits, outputs["eval_logits"], **tolerance)
+    train_apply = functools.partial(model.apply, train=True, mutable=["batch_stats"])
+    train_logits, updates = jax.jit(train_apply)(variables, outputs["pixels"])
     np.testing.assert_allclose(train_logits, outputs["train_logits"], **tolerance)
     expected_stats = pretrained.convert(
         {key[len("stats/") :]: value for key, value in outputs.items() if key.startswith("stats/")}

@@ -113,6 +113,7 @@ def test_one_selected_entry_is_rejected_or_corrected(name, expected_loss_on_m):
 # ----------------------------------------------------------------------------- properties
 
 
+@pytest.mark.slow  # Property tests over many compiles: kept out of the 4-minute default tier.
 @pytest.mark.parametrize("name", ALL)
 @FEW
 @given(problem=problems())
@@ -142,6 +143,7 @@ def test_without_ties_exactly_k_entries_are_modified(name, problem):
     assert losses[modified].min(initial=np.inf) > losses[unobserved & ~modified].max(initial=-1)
 
 
+@pytest.mark.slow  # Property tests over many compiles: kept out of the 4-minute default tier.
 @FEW
 @given(problem=problems())
 def test_ll_ct_and_ll_cp_give_identical_losses(problem):

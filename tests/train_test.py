@@ -60,6 +60,7 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path):
         trainer.train_and_evaluate(other, str(tmp_path))
 
 
+@pytest.mark.slow  # A whole run: kept out of the 4-minute default tier.
 def test_role_with_boostlu_selected_on_observed_val_labels(data_dir, tmp_path):
     config = _config(data_dir, "scheme=role,boostlu,val_labels=observed,runlocal")
     config.num_epochs = 1

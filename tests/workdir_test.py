@@ -264,6 +264,7 @@ def _signal_after(monkeypatch, signum, *, epoch: int):
     monkeypatch.setattr(loop, "end_of_epoch", end_then_signal)
 
 
+@pytest.mark.slow  # A whole run, stopped and rerun: kept out of the 4-minute default tier.
 def test_a_signal_after_the_last_epoch_is_honoured_and_the_rerun_tests(
     data_dir, finished, tmp_path, monkeypatch
 ):
