@@ -9,6 +9,7 @@ numbers to `--out`.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import pathlib
@@ -19,22 +20,17 @@ import time
 
 import numpy as np
 
-SETTINGS = {  # Table row -> the config argument.
-    "Full labels": "scheme=an,labels=full",
-    "AN (assume negative)": "scheme=an",
-    "AN-LS": "scheme=an_ls",
-    "WAN": "scheme=wan",
-    "EPR": "scheme=epr",
-    "ROLE": "scheme=role",
-    "EM": "scheme=em",
-    "LL-R": "scheme=ll_r",
-    "LL-Ct": "scheme=ll_ct",
-    "LL-Cp": "scheme=ll_cp",
-    "LL-R + BoostLU": "scheme=ll_r,boostlu",
-    "LL-Ct + BoostLU": "scheme=ll_ct,boostlu",
-    "LL-Cp + BoostLU": "scheme=ll_cp,boostlu",
-    "GR": "scheme=gr",
-}
+
+def _sweep_settings() -> dict[str, str]:
+    """Table row -> the config argument: the embedded sweep's own list (one list for both)."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "embedded.py"
+    spec = importlib.util.spec_from_file_location("embedded_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SETTINGS
+
+
+SETTINGS = _sweep_settings()
 CONFIG = "configs/digits.py"
 
 

@@ -8,7 +8,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "lln_jax"
 COMMANDS = {"main", "plan", "prepare", "report", "sweep"}
-# What each room may import besides itself (`../shared/STYLE.md`, B.2).
+# What each room may import besides itself (the README's package map).
 ALLOWED = {
     "run": set(),
     "data": {"run"},
