@@ -33,9 +33,7 @@ def _check_parity(model, variables, outputs, tolerance):
     init = jax.jit(functools.partial(model.init, train=False))
     initial = init(jax.random.PRNGKey(0), outputs["pixels"][:1])
     variables = pretrained.merge(initial, variables, exclude=())  # Every name and shape.
-    eval_logits = jax.jit(functools.partial(model.apply, train=False))(
-        variables, outputs["pixels"]
-    )
+    eval_logits = jax.jit(functools.partial(model.apply, train=False))(variables, outputs["pixels"])
     np.testing.assert_allclose(eval_logits, outputs["eval_logits"], **tolerance)
     train_apply = functools.partial(model.apply, train=True, mutable=["batch_stats"])
     train_logits, updates = jax.jit(train_apply)(variables, outputs["pixels"])

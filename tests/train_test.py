@@ -18,6 +18,7 @@ import pytest
 from conftest import CONFIG_DIR, load_config
 
 from lln_jax import models
+from lln_jax.config import checks as config_checks
 from lln_jax.run import checkpointing, sharding
 from lln_jax.training import experiment, initial_state, monitor, trainer
 
@@ -194,8 +195,10 @@ def test_a_non_finite_loss_stops_the_run_keeping_the_last_good_checkpoint(
     ],
 )
 def test_bad_config_values_fail_with_a_clear_message(data_dir, tmp_path, overrides, error):
-    with pytest.raises(ValueError, match=error):
-        trainer.train_and_evaluate(_config(data_dir, **overrides), str(tmp_path))
+    config = _config(data_dir, **overrides)
+    with pytest.raises(ValueError, match=error):  # As main runs them: checked, then trained.
+        config_checks.check(config)
+        trainer.train_and_evaluate(config, str(tmp_path))
 
 
 def test_training_starts_from_converted_weights_with_a_new_head(data_dir, tmp_path):

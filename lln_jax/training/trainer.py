@@ -16,7 +16,6 @@ from absl import logging
 from clu import metric_writers, parameter_overview
 from jax.experimental import multihost_utils
 
-from lln_jax.config import checks as config_checks
 from lln_jax.run import checkpointing, run_identity, stop_request, workdir_lock
 from lln_jax.run import workdir as workdir_lib
 from lln_jax.training import evaluation, experiment, initial_state, linear_init, loop
@@ -29,20 +28,19 @@ from lln_jax.training.train_state import TrainState
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState | None:
     """Trains (or resumes) per `config` in `workdir`; tests the best-val model at the end.
 
-    Holds the workdir's lease throughout, so a second run there refuses.
+    Holds the workdir's lease throughout, so a second run there refuses. `config` has
+    passed `config.checks.check`: `lln_jax.main` checks it once, before TensorFlow loads.
 
     Returns:
       The final train state (the best-val state is in `workdir/checkpoints/best`), or None
       when the workdir already holds the finished run (its stored results are reported).
 
     Raises:
-      config_checks.ConfigError: a config value that cannot run.
       workdir.ConfigMismatchError: the workdir holds a run of another config.
       workdir_lock.WorkdirLockedError: another live run holds the workdir.
       stop_request.RunInterruptedError: SIGTERM or SIGINT stopped the run after a checkpoint.
     """
     workdir = str(workdir)
-    config_checks.check(config)
     stored = workdir_lib.finished_results(config, workdir)
     if stored is not None:
         _report_stored(stored, workdir)
