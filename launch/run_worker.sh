@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Starts this worker's process of a multi-host run in the background; its log goes to
-# ~/lln_logs/<host>.log. Every worker runs the same command: JAX finds its peers on a TPU
-# VM; the run resumes from its workdir if it was started before.
+# $LLN_LOG_DIR/<host>.log [~/lln_logs], copied every minute and at the end next to the
+# arguments (gs://BUCKET/launch/NAME/logs/<host>.log), so that it outlives the VM. Every
+# worker runs the same command: JAX finds its peers on a TPU VM; the run resumes from its
+# workdir if it was started before.
 #
 #   bash ~/lln_jax/launch/run_worker.sh gs://BUCKET/launch/NAME/run.args
 set -euo pipefail
 
 ARGS_FILE="${1:?give the gs:// file that holds the arguments of the run}"
-LOG="${HOME}/lln_logs/$(hostname).log"
-mkdir -p "${HOME}/lln_logs"
+LOG_DIR="${LLN_LOG_DIR:-${HOME}/lln_logs}"
+LOG="${LOG_DIR}/$(hostname).log"
+LOG_COPY="${ARGS_FILE%/*}/logs/$(hostname).log"
+mkdir -p "${LOG_DIR}"
 # One training process per worker: a second one would fight the first for the TPU chips.
 PYTHON="${HOME}/lln_venv/bin/python"
 if running="$(pgrep -f "${PYTHON} -m lln_jax[.]main" | head -n 1)" && [[ -n "${running}" ]]; then
@@ -25,4 +29,15 @@ mapfile -t ARGS < <(xargs printf '%s\n' <<< "${words}")
 cd "${HOME}/lln_jax"
 LLN_MULTIHOST=1 nohup "${PYTHON}" -m lln_jax.main "${ARGS[@]}" \
   >> "${LOG}" 2>&1 < /dev/null &
-echo "started on $(hostname): log ${LOG}"
+run=$!
+copy_log() { gcloud storage cp --quiet "${LOG}" "${LOG_COPY}" >/dev/null 2>&1 || true; }
+# The copier outlives this script (and the ssh that ran it) as the run does.
+(
+  trap '' HUP
+  while kill -0 "${run}" 2>/dev/null; do
+    copy_log
+    sleep "${LLN_LOG_COPY_S:-60}"
+  done
+  copy_log
+) < /dev/null > /dev/null 2>&1 &
+echo "started on $(hostname): log ${LOG}, copied to ${LOG_COPY}"

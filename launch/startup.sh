@@ -11,9 +11,13 @@ metadata() {
 BUCKET="$(metadata lln-bucket)"
 NAME="$(metadata lln-name)"
 export HOME=/root
-exec >> /var/log/lln_jax-startup.log 2>&1
-gcloud storage cp "${BUCKET}/launch/lln_jax.tar.gz" /tmp/lln_jax.tar.gz
-mkdir -p "${HOME}/lln_jax" && tar -xzf /tmp/lln_jax.tar.gz -C "${HOME}/lln_jax"
+# The logs go where `tpu.sh status` (a user's ssh, not root) reads them, and to the bucket.
+export LLN_LOG_DIR=/var/log/lln_jax
+mkdir -p "${LLN_LOG_DIR}" && chmod 755 "${LLN_LOG_DIR}"
+exec >> "${LLN_LOG_DIR}/startup-$(hostname).log" 2>&1
+# The source recorded for the run at its creation: a re-created VM runs the same commit.
+gcloud storage cp "$(gcloud storage cat "${BUCKET}/launch/${NAME}/source")" /tmp/lln_jax.tar.gz
+rm -rf "${HOME}/lln_jax" && mkdir "${HOME}/lln_jax" && tar -xzf /tmp/lln_jax.tar.gz -C "${HOME}/lln_jax"
 bash "${HOME}/lln_jax/launch/setup.sh" tpu
 # A run stopped with `tpu.sh stop` stays stopped across boots until `tpu.sh run`.
 if [[ "$(gcloud storage cat "${BUCKET}/launch/${NAME}/state" 2>/dev/null || true)" == stopped ]]; then

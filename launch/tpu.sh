@@ -50,7 +50,7 @@ COMMAND="${1:-}"
 [[ -z "${COMMAND}" || "${COMMAND}" == -h || "${COMMAND}" == --help ]] && usage 0
 shift
 NAME=lln ZONE="" ACCELERATOR="" VERSION="" PRICING=""
-QUEUED=0 BUCKET="" CONFIG="" WORKDIR="" DATASET="" IMAGE_SIZE="" DRY_RUN=0 PLAN=1 EXTRA=()
+QUEUED=0 BUCKET="" CONFIG="" WORKDIR="" DATASET="" IMAGE_SIZE="" DRY_RUN=0 PLAN=1 RECOVERING=0 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --queued|--dry-run|--no-plan|--) ;;
@@ -102,7 +102,8 @@ resolve_slice() {
 }
 resolve_slice
 WORKDIR="${WORKDIR:-${BUCKET}/runs/${NAME}}"
-SOURCE="${BUCKET}/launch/lln_jax.tar.gz"
+SOURCE=""  # gs://BUCKET/launch/source/COMMIT.tar.gz, set when uploaded
+SOURCE_RECORD="${BUCKET}/launch/${NAME}/source"  # Names the source this run's workers install
 RUN_ARGS="${BUCKET}/launch/${NAME}/run.args"
 RUN_STATE="${BUCKET}/launch/${NAME}/state"  # "running" or "stopped", read at each boot
 SLICE="${BUCKET}/launch/${NAME}/slice"  # The accelerator, runtime and pricing it was created with
@@ -143,11 +144,32 @@ main_args() {
   done
 }
 
+# The checkout's commit, uploaded under its own name: a second experiment in the bucket
+# cannot replace this one's code, and the commit's launch/locks/ pin what the workers
+# install. Edits not committed would be left out silently: they are refused.
 upload_source() {
-  echo "+ git archive --format=tar.gz HEAD | gcloud storage cp - ${SOURCE}"
+  local root commit
+  root="$(cd "$(dirname "$0")/.." && pwd)"
+  [[ -z "$(git -C "${root}" status --porcelain --untracked-files=no)" ]] \
+    || die "${root} has uncommitted changes, which the workers would not get: commit them first"
+  commit="$(git -C "${root}" rev-parse HEAD)"
+  SOURCE="${BUCKET}/launch/source/${commit}.tar.gz"
+  echo "+ git archive --format=tar.gz ${commit} | gcloud storage cp - ${SOURCE}"
   if [[ "${DRY_RUN}" == 0 ]]; then
-    git -C "$(dirname "$0")/.." archive --format=tar.gz HEAD | gcloud storage cp - "${SOURCE}"
+    git -C "${root}" archive --format=tar.gz "${commit}" | gcloud storage cp - "${SOURCE}"
   fi
+}
+
+# The source the run's workers install, now and at every re-creation (recover keeps it).
+record_source() {
+  echo "+ echo ${SOURCE} | gcloud storage cp - ${SOURCE_RECORD}"
+  if [[ "${DRY_RUN}" == 0 ]]; then echo "${SOURCE}" | gcloud storage cp - "${SOURCE_RECORD}"; fi
+}
+
+# A worker's shell words that replace ~/lln_jax with the source recorded for the run.
+fetch_source() {
+  echo "gcloud storage cp \"\$(gcloud storage cat ${SOURCE_RECORD})\" /tmp/lln_jax.tar.gz \
+&& rm -rf ~/lln_jax && mkdir ~/lln_jax && tar -xzf /tmp/lln_jax.tar.gz -C ~/lln_jax"
 }
 
 upload_run_args() {
@@ -202,7 +224,10 @@ read_slice() {
 create() {
   need BUCKET
   plan_slice
-  upload_source
+  if [[ "${RECOVERING}" == 0 ]]; then  # A recovered run keeps the source it started with.
+    upload_source
+    record_source
+  fi
   record_slice
   local flags
   read -r -a flags <<< "$(pricing_flags)"
@@ -222,8 +247,7 @@ create() {
 
 setup() {
   need BUCKET
-  on_workers "gcloud storage cp ${SOURCE} /tmp/lln_jax.tar.gz && mkdir -p ~/lln_jax \
-&& tar -xzf /tmp/lln_jax.tar.gz -C ~/lln_jax && bash ~/lln_jax/launch/setup.sh tpu"
+  on_workers "$(fetch_source) && bash ~/lln_jax/launch/setup.sh tpu"
 }
 
 prepare() {
@@ -270,7 +294,7 @@ status() {
   fi
   step gcloud compute tpus tpu-vm describe "${NAME}" --zone="${ZONE}" \
     --format="value(state,health)"
-  on_workers "tail -n 5 ~/lln_logs/*.log /var/log/lln_jax*.log 2>/dev/null || true"
+  on_workers "tail -n 5 ~/lln_logs/*.log /var/log/lln_jax/*.log 2>/dev/null || true"
 }
 
 delete() {
@@ -307,6 +331,7 @@ recover() {
   esac
   read_slice
   PLAN=0  # The same slice and config as the run it resumes: planned when first created.
+  RECOVERING=1
   create
   if [[ "${QUEUED}" == 0 ]]; then
     setup

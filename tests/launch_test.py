@@ -1,8 +1,10 @@
 """launch/: shellcheck-clean scripts, golden dry runs, and the gcloud calls they make.
 
 A fake `gcloud` on PATH records every call; each command run for real (against the fake)
-must make exactly the calls its dry run prints. Set LLN_UPDATE_GOLDEN=1 to rewrite the
-goldens after an intended change (and read the diff).
+must make exactly the calls its dry run prints. `tpu.sh` runs from a committed copy of
+launch/ (it uploads a commit, and refuses edits not committed), and the commit's name
+reads `<commit>` in what is compared. Set LLN_UPDATE_GOLDEN=1 to rewrite the goldens after
+an intended change (and read the diff).
 """
 
 import os
@@ -35,6 +37,8 @@ CASES = {
     "delete": ["delete", *COMMON],
     "delete_queued": ["delete", *COMMON, "--queued"],
 }
+COMMIT = re.compile(r"\b[0-9a-f]{40}\b")
+CHECKOUT = ROOT  # The committed copy that `tpu.sh` runs from: set by the fixture below.
 FAKE_GCLOUD = """#!/usr/bin/env bash
 # Records its arguments, one call per line (NUL-separated words), and reads its stdin.
 printf '%s\\0' "$@" >> "$GCLOUD_CALLS"
@@ -43,14 +47,38 @@ cat > /dev/null
 """
 
 
+def _commit(root: pathlib.Path, message: str) -> str:
+    git = ["git", "-C", str(root), "-c", "user.name=lln", "-c", "user.email=lln@example.com"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", message], check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+
+
+def _checkout(root: pathlib.Path) -> pathlib.Path:
+    """A git repository holding a committed copy of this tree's launch/."""
+    shutil.copytree(LAUNCH, root / "launch")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    _commit(root, "launch/")
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _committed_checkout(tmp_path_factory):
+    global CHECKOUT
+    CHECKOUT = _checkout(tmp_path_factory.mktemp("checkout"))
+    yield
+    CHECKOUT = ROOT
+
+
 def _dry_run(args) -> str:
-    """What `launch/tpu.sh COMMAND --dry-run ARGS...` prints."""
+    """What `launch/tpu.sh COMMAND --dry-run ARGS...` prints, the commit read `<commit>`."""
     args = list(args)
     if "--dry-run" not in args:
         args.insert(1, "--dry-run")
-    done = subprocess.run([*TPU, *args], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([*TPU, *args], capture_output=True, text=True, cwd=CHECKOUT)
     assert done.returncode == 0, done.stderr
-    return done.stdout
+    return COMMIT.sub("<commit>", done.stdout)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -88,11 +116,12 @@ def test_each_command_makes_exactly_the_calls_its_dry_run_prints(case, tmp_path)
         "LLN_PYTHON": str(_fake_python(tmp_path, exit_code=0)),
     }
     done = subprocess.run(
-        [*TPU, *CASES[case]], capture_output=True, text=True, cwd=ROOT, env=environment,
+        [*TPU, *CASES[case]], capture_output=True, text=True, cwd=CHECKOUT, env=environment,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    recorded = [line.split("\0") for line in calls_file.read_text().split("\0\n") if line]
+    calls = COMMIT.sub("<commit>", calls_file.read_text())
+    recorded = [line.split("\0") for line in calls.split("\0\n") if line]
     assert recorded == _gcloud_calls_printed(_dry_run(CASES[case]))
     planned = (tmp_path / "python_args").read_text() if case == "create_queued" else None
     if planned is not None:  # The slice was planned first, for the run's config.
@@ -124,7 +153,7 @@ def test_create_stops_before_creating_anything_when_the_plan_refuses(tmp_path):
         "LLN_PYTHON": str(_fake_python(tmp_path, exit_code=2)),
     }  # fmt: skip
     done = subprocess.run([*TPU, *CASES["create_queued"]], capture_output=True, text=True,
-                          cwd=ROOT, env=environment, stdin=subprocess.DEVNULL)  # fmt: skip
+                          cwd=CHECKOUT, env=environment, stdin=subprocess.DEVNULL)  # fmt: skip
     assert done.returncode == 2 and "does not fit v4-8" in done.stderr
     assert not (tmp_path / "calls").exists()  # No upload, no slice.
     skipped = _dry_run([*CASES["create_queued"], "--no-plan"])
@@ -141,7 +170,7 @@ def test_bad_input_is_refused_with_one_line():
     }
     for args, message in cases.items():
         done = subprocess.run(
-            [*TPU, args[0], "--dry-run", *args[1:]], capture_output=True, text=True, cwd=ROOT
+            [*TPU, args[0], "--dry-run", *args[1:]], capture_output=True, text=True, cwd=CHECKOUT
         )
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
 
@@ -170,26 +199,84 @@ def test_the_readme_walk_through_is_the_dry_run_output():
         assert _dry_run(words[1:]) == output, command
 
 
-def test_setup_refuses_in_one_line_where_no_python_311_can_be_had(tmp_path):
-    """A TPU image's Python 3.10, no pip and no sudo: no uv, so no 3.11 to build the venv on."""
+def _setup_machine(tmp_path, python_version: str, uv: str | None) -> dict[str, str]:
+    """A machine for setup.sh: its python3 prints `python_version` and installs nothing, no
+    sudo; `uv` (a script's body) in ~/.local/bin when given."""
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     (fake_bin / "python3").write_text(
-        '#!/bin/bash\n[[ "$1" == "--version" ]] && echo "Python 3.10.12" && exit 0\nexit 1\n'
+        f'#!/bin/bash\n[[ "$1" == "--version" ]] && echo "Python {python_version}" && exit 0\n'
+        "exit 1\n"
     )
     (fake_bin / "sudo").write_text("#!/bin/bash\nexit 1\n")
-    for script in fake_bin.iterdir():
+    if uv is not None:
+        (tmp_path / ".local" / "bin").mkdir(parents=True)
+        (tmp_path / ".local" / "bin" / "uv").write_text(uv)
+    for script in [*fake_bin.iterdir(), *(tmp_path / ".local" / "bin").glob("uv")]:
         script.chmod(0o755)
-    done = subprocess.run(
-        ["bash", str(LAUNCH / "setup.sh"), "tpu"], capture_output=True, text=True,
-        env={"PATH": f"{fake_bin}:/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=60,
-    )  # fmt: skip
+    return {"PATH": f"{fake_bin}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+
+def _setup(environment, platform="tpu"):
+    return subprocess.run(["bash", str(LAUNCH / "setup.sh"), platform], capture_output=True,
+                          text=True, env=environment, timeout=60)  # fmt: skip
+
+
+def test_setup_refuses_in_one_line_where_no_uv_can_be_had(tmp_path):
+    """A TPU image's Python 3.10, no pip and no sudo: no uv, so no 3.11 and no lock."""
+    done = _setup(_setup_machine(tmp_path, "3.10.12", uv=None))
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [
-        "setup.sh: lln_jax needs Python >= 3.11 and this machine has Python 3.10.12; uv could "
-        "not install one: install python3.11 (e.g. from the deadsnakes PPA) and rerun"
+        "setup.sh: lln_jax installs through uv 0.13.9 (from PyPI), and pip could not install "
+        "it with Python 3.10.12: install uv (pip install --user uv==0.13.9) and rerun"
     ]
     assert not (tmp_path / "lln_venv").exists()
+
+
+def test_setup_installs_exactly_the_platforms_lock_on_a_python_311_venv(tmp_path):
+    """uv (a stand-in that records its calls; the venv it makes answers every question with
+    yes) is asked for a 3.11 venv, to sync it to the platform's lock, then for the package
+    without its dependencies."""
+    calls = tmp_path / "uv_calls"
+    uv = (
+        f'#!/bin/bash\necho "$*" >> {calls}\n'
+        '[[ "$1" == --version ]] && echo "uv 0.13.9" && exit 0\n'
+        'if [[ "$1" == venv ]]; then\n'
+        '  mkdir -p "${@: -1}/bin" && printf "#!/bin/bash\\n" > "${@: -1}/bin/python"\n'
+        '  chmod +x "${@: -1}/bin/python"\nfi\n'
+    )
+    venv = tmp_path / "lln_venv"
+    done = _setup(_setup_machine(tmp_path, "3.10.12", uv=uv), "gpu")
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().splitlines() == [
+        "--version",
+        f"venv --quiet --python 3.11 {venv}",
+        f"pip sync --quiet --python {venv}/bin/python {ROOT}/launch/locks/gpu.txt",
+        f"pip install --quiet --python {venv}/bin/python --no-deps -e {ROOT}",
+    ]
+
+
+@pytest.mark.parametrize("platform", ["tpu", "gpu", "cpu"])
+def test_each_lock_pins_every_dependency_exactly(platform):
+    """What the workers install: every requirement of pyproject.toml (with the platform's
+    extra) pinned with ==, to a version its specifier allows."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    wanted += [Requirement(r) for r in project["optional-dependencies"].get(platform, [])]
+    lock = (ROOT / "launch" / "locks" / f"{platform}.txt").read_text().splitlines()
+    pins = [Requirement(line) for line in lock if line and not line.startswith("#")]
+    assert all(len(p.specifier) == 1 and next(iter(p.specifier)).operator == "==" for p in pins)
+    pinned = {p.name.lower().replace("_", "-"): next(iter(p.specifier)).version for p in pins}
+    for requirement in wanted:
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pinned, f"{platform}.txt does not pin {name}"
+        assert requirement.specifier.contains(pinned[name]), (requirement, pinned[name])
+    assert ("libtpu" in pinned) == (platform == "tpu")
+    assert ("jax-cuda12-plugin" in pinned) == (platform == "gpu")
 
 
 @pytest.mark.parametrize(
@@ -206,7 +293,7 @@ def test_setup_refuses_in_one_line_where_no_python_311_can_be_had(tmp_path):
 )  # fmt: skip
 def test_a_missing_value_or_an_unknown_accelerator_is_one_line(args, said):
     done = subprocess.run([*TPU, args[0], "--dry-run", *args[1:]], capture_output=True,
-                          text=True, cwd=ROOT)  # fmt: skip
+                          text=True, cwd=CHECKOUT)  # fmt: skip
     assert (done.returncode, done.stderr.splitlines()) == (2, [said])
 
 
@@ -372,7 +459,7 @@ def test_recover_refuses_a_healthy_tpu_and_does_not_delete_one_already_gone(
     )
     (fake_bin / "gcloud").chmod(0o755)
     environment = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
-    done = subprocess.run([*TPU, *CASES["recover"]], capture_output=True, text=True, cwd=ROOT,
+    done = subprocess.run([*TPU, *CASES["recover"]], capture_output=True, text=True, cwd=CHECKOUT,
                           env=environment, stdin=subprocess.DEVNULL)  # fmt: skip
     assert done.returncode == exit_code, done.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
@@ -396,7 +483,7 @@ def test_recover_re_creates_the_slice_recorded_at_create(tmp_path):
     (fake_bin / "gcloud").chmod(0o755)
     environment = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
     args = ["recover", "--bucket", "gs://b", "--name", "n", "--zone", "us-west4-a", *CONFIG]
-    done = subprocess.run([*TPU, *args], capture_output=True, text=True, cwd=ROOT,
+    done = subprocess.run([*TPU, *args], capture_output=True, text=True, cwd=CHECKOUT,
                           env=environment, stdin=subprocess.DEVNULL)  # fmt: skip
     assert done.returncode == 0, done.stderr
     created = [c for c in (tmp_path / "calls").read_text().splitlines() if " create " in f" {c} "]
@@ -404,3 +491,138 @@ def test_recover_re_creates_the_slice_recorded_at_create(tmp_path):
         "compute tpus tpu-vm create n --zone=us-west4-a --accelerator-type=v5litepod-8 "
         "--version=v2-alpha-tpuv5-lite --spot"
     ]
+
+
+# gcloud's storage commands on a directory (gs://BUCKET/OBJECT is $GCS_ROOT/BUCKET/OBJECT),
+# `tpu-vm ssh --command=C` running C in a worker's home, `describe` answering $TPU_STATE;
+# every call recorded.
+STORAGE_GCLOUD = r"""#!/usr/bin/env bash
+set -euo pipefail
+printf '%s\n' "$*" >> "${GCLOUD_CALLS}"
+object() { echo "${GCS_ROOT}/${1#gs://}"; }
+missing() { echo "ERROR: (gcloud.storage) $1 not found" >&2; exit 1; }
+if [[ "$1 $2" == "storage cp" ]]; then
+  shift 2; [[ "$1" != --quiet ]] || shift
+  if [[ "$1" == gs://* ]]; then [[ -f "$(object "$1")" ]] || missing "$1"; cp "$(object "$1")" "$2"
+  else mkdir -p "$(dirname "$(object "$2")")"; cat "$1" > "$(object "$2")"; fi
+elif [[ "$1 $2" == "storage cat" ]]; then
+  [[ -f "$(object "$3")" ]] || missing "$3"; cat "$(object "$3")"
+elif [[ "$*" == "compute tpus tpu-vm ssh "* ]]; then
+  for word in "$@"; do
+    [[ "${word}" != --command=* ]] || HOME="${WORKER_HOME}" bash -c "${word#--command=}"
+  done
+elif [[ "$*" == *" describe "* ]]; then
+  echo "${TPU_STATE}"
+fi
+"""
+
+
+def _storage_gcloud(tmp_path) -> dict[str, str]:
+    fake = tmp_path / "bin" / "gcloud"
+    fake.parent.mkdir()
+    fake.write_text(STORAGE_GCLOUD)
+    fake.chmod(0o755)
+    worker = tmp_path / "worker"
+    (worker / ".local" / "bin").mkdir(parents=True)
+    uv = worker / ".local" / "bin" / "uv"  # setup.sh's installs: recorded, and a venv made.
+    uv.write_text(
+        f'#!/bin/bash\necho "$*" >> {tmp_path}/uv_calls\n'
+        '[[ "$1" == --version ]] && echo "uv 0.13.9" && exit 0\n'
+        'if [[ "$1" == venv ]]; then\n'
+        '  mkdir -p "${@: -1}/bin" && printf "#!/bin/bash\\n" > "${@: -1}/bin/python"\n'
+        '  chmod +x "${@: -1}/bin/python"\nfi\n'
+    )
+    uv.chmod(0o755)
+    return {
+        **os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}",
+        "GCLOUD_CALLS": str(tmp_path / "calls"), "GCS_ROOT": str(tmp_path / "gcs"),
+        "WORKER_HOME": str(worker), "TPU_STATE": "PREEMPTED",
+    }  # fmt: skip
+
+
+def _tpu(checkout, environment, *args):
+    done = subprocess.run([*TPU, *args], capture_output=True, text=True, cwd=checkout,
+                          env=environment, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_each_run_installs_its_own_commit_and_recover_keeps_it(tmp_path):
+    """Two runs in one bucket from two commits: each worker gets its run's commit, and a run
+    recovered after the checkout moved on still gets the one it started with."""
+    checkout = _checkout(tmp_path / "checkout")
+    environment = _storage_gcloud(tmp_path)
+    slice_ = ["--bucket", "gs://b", "--zone", "us-central2-b"]
+    first = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], text=True,
+                           capture_output=True, check=True).stdout.strip()  # fmt: skip
+    _tpu(checkout, environment, "create", "--name", "a", *slice_)
+    (checkout / "launch" / "marker").write_text("the second commit\n")
+    second = _commit(checkout, "a second commit")
+    _tpu(checkout, environment, "create", "--name", "b", *slice_)
+    gcs = tmp_path / "gcs" / "b" / "launch"
+    assert sorted(p.name for p in (gcs / "source").iterdir()) == sorted(
+        [f"{first}.tar.gz", f"{second}.tar.gz"]
+    )
+    marker = tmp_path / "worker" / "lln_jax" / "launch" / "marker"
+    for name, has_marker in [("a", False), ("b", True), ("a", False)]:
+        _tpu(checkout, environment, "setup", "--name", name, *slice_)
+        assert marker.exists() == has_marker, name
+    (checkout / "launch" / "marker").write_text("a third commit\n")
+    _commit(checkout, "a third commit")
+    (tmp_path / "calls").unlink()
+    _tpu(checkout, environment, "recover", "--name", "a", *slice_, *CONFIG)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert not any(call.startswith("storage cp - gs://b/launch/source/") for call in calls)
+    assert (gcs / "a" / "source").read_text() == f"gs://b/launch/source/{first}.tar.gz\n"
+    assert not marker.exists()  # The recovered worker runs the first commit again.
+    uv_calls = (tmp_path / "uv_calls").read_text().splitlines()
+    assert (
+        f"pip sync --quiet --python {tmp_path}/worker/lln_venv/bin/python "
+        f"{tmp_path}/worker/lln_jax/launch/locks/tpu.txt" in uv_calls
+    )
+
+
+def test_create_refuses_edits_that_are_not_committed(tmp_path):
+    checkout = _checkout(tmp_path / "checkout")
+    environment = _storage_gcloud(tmp_path)
+    (checkout / "launch" / "tpu.sh").write_text(
+        (checkout / "launch" / "tpu.sh").read_text() + "# an edit\n"
+    )
+    for dry_run in ([], ["--dry-run"]):
+        done = subprocess.run(
+            [*TPU, "create", *dry_run, "--bucket", "gs://b", "--zone", "us-central2-b"],
+            capture_output=True, text=True, cwd=checkout, env=environment,
+        )  # fmt: skip
+        assert done.returncode == 2
+        assert done.stderr.splitlines() == [
+            f"tpu.sh: {checkout} has uncommitted changes, which the workers would not get: "
+            "commit them first"
+        ]
+    assert not (tmp_path / "gcs").exists() and not (tmp_path / "calls").exists()
+
+
+def test_run_worker_copies_the_log_to_the_bucket_until_the_run_ends(tmp_path):
+    environment = _worker_home(tmp_path, "--config=configs/coco.py:scheme=ll_r")
+    python = pathlib.Path(environment["HOME"]) / "lln_venv" / "bin" / "python"
+    python.write_text("#!/bin/bash\necho 'epoch 1'\nsleep 1\necho 'the last line'\n")
+    gcloud = tmp_path / "bin" / "gcloud"  # Prints the arguments; records where logs go.
+    gcloud.write_text(
+        '#!/bin/bash\nif [[ "$2" == cp ]]; then cp "$4" '
+        f'"{tmp_path}/copied.$(basename "$5")"; echo "$*" >> {tmp_path}/copies; exit 0; fi\n'
+        + gcloud.read_text().split("\n", 1)[1]
+    )
+    environment |= {"LLN_LOG_DIR": str(tmp_path / "logs"), "LLN_LOG_COPY_S": "0.2"}
+    started = _run_worker(environment)
+    host = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
+    log, copy = tmp_path / "logs" / f"{host}.log", f"gs://b/launch/n/logs/{host}.log"
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.splitlines() == [f"started on {host}: log {log}, copied to {copy}"]
+    deadline = time.time() + 20
+    copied = tmp_path / f"copied.{host}.log"
+    while time.time() < deadline and "the last line" not in (
+        copied.read_text() if copied.exists() else ""
+    ):
+        time.sleep(0.1)
+    assert copied.read_text() == "epoch 1\nthe last line\n"  # The last copy is after the end.
+    copies = (tmp_path / "copies").read_text().splitlines()
+    assert len(copies) >= 2 and set(copies) == {f"storage cp --quiet {log} {copy}"}
