@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Starts this worker's process of a multi-host run in the background; its log goes to
+# Starts this worker's process of a multi-host run (or, when the arguments begin with
+# `lln_jax.sweep`, its sweep: one run per chip of this worker) in the background; its log goes to
 # $LLN_LOG_DIR/<host>.log [~/lln_logs], copied every minute and at the end next to the
 # arguments (gs://BUCKET/launch/NAME/logs/<host>.log), so that it outlives the VM. Every
 # worker runs the same command: JAX finds its peers on a TPU VM; the run resumes from its
@@ -13,10 +14,11 @@ LOG_DIR="${LLN_LOG_DIR:-${HOME}/lln_logs}"
 LOG="${LOG_DIR}/$(hostname).log"
 LOG_COPY="${ARGS_FILE%/*}/logs/$(hostname).log"
 mkdir -p "${LOG_DIR}"
-# One training process per worker: a second one would fight the first for the TPU chips.
+# One training process (or sweep) per worker: a second would fight the first for the chips.
 PYTHON="${HOME}/lln_venv/bin/python"
-if running="$(pgrep -f "${PYTHON} -m lln_jax[.]main" | head -n 1)" && [[ -n "${running}" ]]; then
-  echo "run_worker.sh: $(hostname) already runs lln_jax.main (pid ${running}); stop it first" >&2
+if running="$(pgrep -f "${PYTHON} -m lln_jax[.](main|sweep)" | head -n 1)" \
+    && [[ -n "${running}" ]]; then
+  echo "run_worker.sh: $(hostname) already runs lln_jax (pid ${running}); stop it first" >&2
   exit 2
 fi
 # The file holds shell words (quoted where needed); xargs undoes the quoting. Read it first,
@@ -27,8 +29,11 @@ if ! words="$(gcloud storage cat "${ARGS_FILE}")" || [[ -z "${words}" ]]; then
 fi
 mapfile -t ARGS < <(xargs printf '%s\n' <<< "${words}")
 cd "${HOME}/lln_jax"
-LLN_MULTIHOST=1 nohup "${PYTHON}" -m lln_jax.main "${ARGS[@]}" \
-  >> "${LOG}" 2>&1 < /dev/null &
+if [[ "${ARGS[0]}" == lln_jax.sweep ]]; then  # Each of its runs is one chip's: no peers.
+  nohup "${PYTHON}" -m "${ARGS[@]}" >> "${LOG}" 2>&1 < /dev/null &
+else
+  LLN_MULTIHOST=1 nohup "${PYTHON}" -m lln_jax.main "${ARGS[@]}" >> "${LOG}" 2>&1 < /dev/null &
+fi
 run=$!
 copy_log() { gcloud storage cp --quiet "${LOG}" "${LOG_COPY}" >/dev/null 2>&1 || true; }
 # The copier outlives this script (and the ssh that ran it) as the run does.

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Stops this worker's training process the way a preemption notice does: SIGTERM, after
-# which the run saves at its next step and exits 75 (resumable). Waits for it to exit.
+# which the run saves at its next step and exits 75 (resumable). Waits for it to exit. A
+# sweep is stopped as a whole: it passes the SIGTERM to each of its runs.
 #
 #   bash ~/lln_jax/launch/stop_worker.sh [SECONDS to wait, 600]
 set -euo pipefail
 
 WAIT_S="${1:-600}"
 PYTHON="${HOME}/lln_venv/bin/python"
-pid="$(pgrep -f "${PYTHON} -m lln_jax[.]main" | head -n 1 || true)"
+pid="$(pgrep -f "${PYTHON} -m lln_jax[.]sweep" | head -n 1 || true)"
+pid="${pid:-$(pgrep -f "${PYTHON} -m lln_jax[.]main" | head -n 1 || true)}"
 if [[ -z "${pid}" ]]; then
   echo "stopped on $(hostname): no lln_jax.main was running"
   exit 0

@@ -12,12 +12,16 @@
 #            weights to gs://BUCKET/weights; the VM works detached and deletes itself when
 #            done (NUS-WIDE: upload its files to gs://BUCKET/manual/nuswide/ first)
 #   run      start --config on every worker (LLN_MULTIHOST=1), logs in ~/lln_logs/
+#   sweep    start --sweep on every worker (`python -m lln_jax.sweep`): each worker runs
+#            one cell per chip of its own, the workers sharing the cells through their
+#            leases, into --runs; the report is written there at the end
 #   status   the TPU's state and the last lines of every worker's log
 #   stop     SIGTERM to the run on every worker (it saves and exits 75, as on a preemption),
 #            and mark it stopped so that a queued resource's next boot does not restart it;
 #            `run` starts it again, resuming
 #   recover  after a preemption: delete (unless already gone), re-create, set up and re-run
-#            the same command; the run resumes from its gs:// workdir. A TPU that is READY
+#            the same command (the one recorded by run, sweep or create --queued; or the
+#            --config or --sweep given); the run resumes from its gs:// workdir. A TPU that is READY
 #            (ACTIVE) is refused: nothing to recover
 #   delete   delete the TPU VM or the queued resource
 #
@@ -30,12 +34,14 @@
 #   --queued                     use a queued resource (create, recover, status, delete)
 #   --bucket gs://BUCKET         where the source, data, weights and runs go (required)
 #   --config ARG                 e.g. configs/coco.py:scheme=ll_r (run, create --queued)
+#   --sweep FILE                 e.g. configs/sweeps/paper_table.py (sweep, create --queued)
+#   --runs gs://...              the sweep's workdirs [BUCKET/sweeps/NAME]
 #   --workdir gs://...           [BUCKET/runs/NAME]
 #   --dataset NAME --image_size N   (prepare)
 #   --no-plan                    create without compiling the run's step for the slice
 #                                first (`python -m lln_jax.plan`, with $LLN_PYTHON [python3])
 #   --dry-run                    print the exact commands instead of running them
-#   -- FLAGS...                  more flags of lln_jax.main (run, create --queued, recover),
+#   -- FLAGS...                  more flags of lln_jax.main (run, sweep, create --queued, recover),
 #                                e.g. -- --config.data.storage=jpeg95
 set -euo pipefail
 
@@ -50,7 +56,7 @@ COMMAND="${1:-}"
 [[ -z "${COMMAND}" || "${COMMAND}" == -h || "${COMMAND}" == --help ]] && usage 0
 shift
 NAME=lln ZONE="" ACCELERATOR="" VERSION="" PRICING=""
-QUEUED=0 BUCKET="" CONFIG="" WORKDIR="" DATASET="" IMAGE_SIZE="" DRY_RUN=0 PLAN=1 RECOVERING=0 EXTRA=()
+QUEUED=0 BUCKET="" CONFIG="" SWEEP="" RUNS="" WORKDIR="" DATASET="" IMAGE_SIZE="" DRY_RUN=0 PLAN=1 RECOVERING=0 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --queued|--dry-run|--no-plan|--) ;;
@@ -65,6 +71,8 @@ while [[ $# -gt 0 ]]; do
     --queued) QUEUED=1; shift ;;
     --bucket) BUCKET="${2%/}"; shift 2 ;;
     --config) CONFIG="$2"; shift 2 ;;
+    --sweep) SWEEP="$2"; shift 2 ;;
+    --runs) RUNS="${2%/}"; shift 2 ;;
     --workdir) WORKDIR="$2"; shift 2 ;;
     --dataset) DATASET="$2"; shift 2 ;;
     --image_size) IMAGE_SIZE="$2"; shift 2 ;;
@@ -102,6 +110,8 @@ resolve_slice() {
 }
 resolve_slice
 WORKDIR="${WORKDIR:-${BUCKET}/runs/${NAME}}"
+RUNS="${RUNS:-${BUCKET}/sweeps/${NAME}}"
+[[ -z "${CONFIG}" || -z "${SWEEP}" ]] || die "give --config (one run) or --sweep, not both"
 SOURCE=""  # gs://BUCKET/launch/source/COMMIT.tar.gz, set when uploaded
 SOURCE_RECORD="${BUCKET}/launch/${NAME}/source"  # Names the source this run's workers install
 RUN_ARGS="${BUCKET}/launch/${NAME}/run.args"
@@ -134,11 +144,12 @@ pricing_flags() {
   esac
 }
 
-# The command line of one worker: the same on every worker (JAX finds its peers).
+# The command line of one worker: the same on every worker (JAX finds its peers; a
+# sweep's workers share its cells). A sweep's begins with the module's name.
 main_args() {
-  local word
-  for word in --config="${CONFIG}" --workdir="${WORKDIR}" \
-      --config.data.data_dir="${BUCKET}/tfds" \
+  local word head=(--config="${CONFIG}" --workdir="${WORKDIR}")
+  if [[ -n "${SWEEP}" ]]; then head=(lln_jax.sweep --sweep="${SWEEP}" --runs="${RUNS}" --); fi
+  for word in "${head[@]}" --config.data.data_dir="${BUCKET}/tfds" \
       --config.init_from="${BUCKET}/weights/resnet50_imagenet1k_v1.npz" "${EXTRA[@]}"; do
     quote "${word}"; printf ' '
   done
@@ -232,7 +243,7 @@ create() {
   local flags
   read -r -a flags <<< "$(pricing_flags)"
   if [[ "${QUEUED}" == 1 ]]; then
-    need CONFIG
+    [[ -n "${CONFIG}${SWEEP}" ]] || die "create --queued needs --config (or --sweep)"
     upload_run_args
     mark_run running  # Its startup script starts the run at every boot.
     step gcloud compute tpus queued-resources create "${NAME}" --node-id="${NAME}" \
@@ -276,7 +287,17 @@ mark_run() {
 
 run() {
   need BUCKET CONFIG
-  upload_run_args
+  start_workers
+}
+
+sweep() {
+  need BUCKET SWEEP
+  start_workers
+}
+
+# The run's command (given now, or as recorded when none is given) on every worker.
+start_workers() {
+  if [[ -n "${CONFIG}${SWEEP}" ]]; then upload_run_args; fi
   mark_run running
   on_workers "bash ~/lln_jax/launch/run_worker.sh ${RUN_ARGS}"
 }
@@ -321,7 +342,7 @@ tpu_state() {
 }
 
 recover() {
-  need BUCKET CONFIG
+  need BUCKET
   tpu_state
   case "${STATE}" in
     READY|ACTIVE)
@@ -335,11 +356,11 @@ recover() {
   create
   if [[ "${QUEUED}" == 0 ]]; then
     setup
-    run
+    start_workers
   fi
 }
 
 case "${COMMAND}" in
-  create|setup|prepare|run|status|stop|recover|delete) "${COMMAND}" ;;
+  create|setup|prepare|run|sweep|status|stop|recover|delete) "${COMMAND}" ;;
   *) echo "tpu.sh: unknown command ${COMMAND}" >&2; usage 2 ;;
 esac

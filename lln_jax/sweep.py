@@ -1,4 +1,5 @@
-"""Command line: `python -m lln_jax.sweep --sweep=configs/sweeps/paper_table.py --runs=DIR`.
+"""Command line: `python -m lln_jax.sweep --sweep=configs/sweeps/paper_table.py --runs=DIR
+[-- FLAGS...]`, FLAGS going to every cell's `lln_jax.main` (e.g. a pod's gs:// data dir).
 
 Runs the sweep's cells that are not finished, one process per local accelerator chip
 (`lln_jax/run/sweep.py`), then writes the report over DIR (`DIR/report`). The same command
@@ -49,19 +50,25 @@ def load_cells(path: str):
     return list(module.CELLS)
 
 
-def local_chips() -> tuple[str, int]:
+def local_chips(visible_gpus: str | None = None) -> tuple[str, int]:
     """This host's accelerator and its chips, without initialising it (a parent that took
-    the TPU would leave none to its runs)."""
+    the TPU would leave none to its runs). GPUs: those of `visible_gpus` (what Slurm gives a
+    task in `CUDA_VISIBLE_DEVICES`) when set."""
     tpu = glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
     if tpu:
         return "tpu", len(tpu)
     gpus = glob.glob("/dev/nvidia[0-9]*")
+    if gpus and visible_gpus:
+        return "gpu", len(visible_gpus.split(","))
     return ("gpu", len(gpus)) if gpus else ("cpu", 1)
 
 
 def _run(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    extra_flags = argv[1:]  # After `--`: every cell's.
+    if any(not flag.startswith("--") for flag in extra_flags):
+        raise app.UsageError(
+            f"Unexpected arguments: {extra_flags} (flags of every run go after --)"
+        )
     from lln_jax.run import sweep
 
     cells = load_cells(FLAGS.sweep)
@@ -76,11 +83,11 @@ def _run(argv) -> None:
             detail = f" ({state.detail})" if state.detail else ""
             print(f"{state.cell.name}: {state.state}{detail}")
         return
-    platform, chips = local_chips()
+    platform, chips = local_chips(os.environ.get("CUDA_VISIBLE_DEVICES"))
     platform = platform if FLAGS.platform == "auto" else FLAGS.platform
     runner = sweep.Sweep(
         cells, runs=runs, logs=logs, platform=platform, slots=FLAGS.processes or chips,
-        max_attempts=FLAGS.max_attempts,
+        max_attempts=FLAGS.max_attempts, extra_flags=extra_flags,
     )  # fmt: skip
     signal.signal(signal.SIGTERM, runner.stop)
     signal.signal(signal.SIGINT, runner.stop)

@@ -34,6 +34,15 @@ CASES = {
     "stop": ["stop", *COMMON],
     "recover": ["recover", *COMMON, "--pricing", "spot", *CONFIG],
     "recover_queued": ["recover", *COMMON, "--queued", "--pricing", "spot", *CONFIG],
+    "recover_recorded": ["recover", *COMMON],  # The command recorded by run or sweep.
+    "sweep": ["sweep", *COMMON, "--sweep", "configs/sweeps/paper_table.py"],
+    "create_queued_sweep": [
+        "create",
+        *COMMON,
+        "--queued",
+        "--sweep",
+        "configs/sweeps/paper_table.py",
+    ],
     "delete": ["delete", *COMMON],
     "delete_queued": ["delete", *COMMON, "--queued"],
 }
@@ -167,6 +176,9 @@ def test_bad_input_is_refused_with_one_line():
         ("create", "--bucket", "gs://b", "--pricing", "cheap"): "--pricing must be spot",
         ("create", "--bucket", "gs://b", "--size", "3"): "unknown option --size",
         ("launch",): "unknown command launch",
+        ("sweep", "--bucket", "gs://b"): "sweep needs --sweep",
+        ("run", "--bucket", "gs://b", "--config", "c", "--sweep", "s"): "not both",
+        ("create", "--bucket", "gs://b", "--queued"): "create --queued needs --config",
     }
     for args, message in cases.items():
         done = subprocess.run(
@@ -348,7 +360,7 @@ def test_run_worker_starts_one_process_with_the_runs_words_and_refuses_a_second(
     try:
         again = _run_worker(environment)
         assert again.returncode == 2
-        assert "already runs lln_jax.main (pid " in again.stderr
+        assert "already runs lln_jax (pid " in again.stderr
     finally:
         subprocess.run(["pkill", "-f", f"{environment['HOME']}/lln_venv/bin/python"])
 
@@ -378,6 +390,27 @@ def test_stop_worker_sends_sigterm_and_waits_for_the_run_to_save_and_exit(tmp_pa
         run.kill()
     again = _stop_worker(environment)
     assert again.returncode == 0 and "no lln_jax.main was running" in again.stdout
+
+
+def test_run_worker_starts_a_sweep_as_one_host_of_its_own(tmp_path):
+    """A sweep's arguments begin with its module; its runs are one chip each: no peers."""
+    environment = _worker_home(
+        tmp_path, "lln_jax.sweep --sweep=configs/sweeps/paper_table.py --runs=gs://b/s -- --x=1"
+    )
+    python = pathlib.Path(environment["HOME"]) / "lln_venv" / "bin" / "python"
+    python.write_text(
+        f'#!/bin/bash\n{{ printf "%s\\n" "$@"; echo "LLN_MULTIHOST=${{LLN_MULTIHOST:-}}"; }}'
+        f" > {tmp_path}/argv.tmp\nmv {tmp_path}/argv.tmp {tmp_path}/argv\n"
+    )
+    started = _run_worker(environment)
+    assert started.returncode == 0, started.stderr
+    deadline = time.time() + 10
+    while not (tmp_path / "argv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "argv").read_text().splitlines() == [
+        "-m", "lln_jax.sweep", "--sweep=configs/sweeps/paper_table.py", "--runs=gs://b/s",
+        "--", "--x=1", "LLN_MULTIHOST=",
+    ]  # fmt: skip
 
 
 def test_run_worker_refuses_when_the_arguments_cannot_be_read(tmp_path):
@@ -626,3 +659,55 @@ def test_run_worker_copies_the_log_to_the_bucket_until_the_run_ends(tmp_path):
     assert copied.read_text() == "epoch 1\nthe last line\n"  # The last copy is after the end.
     copies = (tmp_path / "copies").read_text().splitlines()
     assert len(copies) >= 2 and set(copies) == {f"storage cp --quiet {log} {copy}"}
+
+
+@pytest.mark.parametrize(("sweep_exit", "requeued"), [(75, True), (0, False)])
+def test_a_slurm_array_task_runs_the_sweep_on_its_gpu_and_requeues_itself(
+    tmp_path, sweep_exit, requeued
+):
+    home, fake_bin = tmp_path / "home", tmp_path / "bin"
+    (home / "lln_venv" / "bin").mkdir(parents=True)
+    fake_bin.mkdir()
+    python = home / "lln_venv" / "bin" / "python"
+    python.write_text(f'#!/bin/bash\necho "python $*" >> {tmp_path}/calls\nexit {sweep_exit}\n')
+    (fake_bin / "scontrol").write_text(f'#!/bin/bash\necho "scontrol $*" >> {tmp_path}/calls\n')
+    for script in (python, fake_bin / "scontrol"):
+        script.chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(LAUNCH / "slurm.sbatch"), "--sweep", "configs/sweeps/paper_table.py",
+         "gs://b/sweeps/paper"], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={"PATH": f"{fake_bin}:/usr/bin:/bin", "HOME": str(home), "SLURM_JOB_ID": "43",
+             "SLURM_ARRAY_TASK_ID": "3", "CUDA_VISIBLE_DEVICES": "3"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        "python -m lln_jax.sweep --sweep=configs/sweeps/paper_table.py --runs=gs://b/sweeps/paper"
+        " --platform=gpu --logs=lln_logs/sweep -- --config.data.data_dir=gs://b/tfds"
+        " --config.init_from=gs://b/weights/resnet50_imagenet1k_v1.npz",
+        *(["scontrol requeue 43"] if requeued else []),
+    ]
+
+
+def test_stop_worker_stops_a_sweep_as_a_whole(tmp_path):
+    environment = _worker_home(tmp_path, None)
+    venv = pathlib.Path(environment["HOME"]) / "lln_venv" / "bin"
+    python = venv / "python"
+    python.write_text(  # The sweep and its run: each records the SIGTERM it gets.
+        f"#!/bin/bash\ntrap 'echo \"$2\" >> {tmp_path}/termed; exit 75' TERM\n"
+        f'touch {tmp_path}/up."$2"\nwhile true; do sleep 0.1; done\n'
+    )
+    processes = [
+        subprocess.Popen([str(python), "-m", module], env=environment)
+        for module in ("lln_jax.main", "lln_jax.sweep")
+    ]
+    try:
+        deadline = time.time() + 10
+        while len(list(tmp_path.glob("up.*"))) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        stopped = _stop_worker(environment)
+        assert stopped.returncode == 0, stopped.stderr
+        assert processes[1].wait(timeout=10) == 75
+        assert (tmp_path / "termed").read_text().split() == ["lln_jax.sweep"]
+    finally:
+        for process in processes:
+            process.kill()

@@ -50,8 +50,8 @@ def stand_in(tmp_path, monkeypatch):
     monkeypatch.setenv("STARTS", str(tmp_path / "starts"))
     original = sweep._command
 
-    def command(cell, runs):
-        return [sys.executable, str(script), *original(cell, runs)[3:]]
+    def command(cell, runs, extra_flags=()):
+        return [sys.executable, str(script), *original(cell, runs, extra_flags)[3:]]
 
     monkeypatch.setattr(sweep, "_command", command)
     return tmp_path / "starts"
@@ -144,10 +144,38 @@ def test_cells_with_one_workdir_name_are_refused():
 
 def test_each_slot_sees_one_chip():
     assert sweep.slot_environment("gpu", 3) == {"CUDA_VISIBLE_DEVICES": "3"}
+    # Under Slurm, the task's own GPUs.
+    assert sweep.slot_environment("gpu", 1, "4,6") == {"CUDA_VISIBLE_DEVICES": "6"}
     tpu = sweep.slot_environment("tpu", 2)
     assert tpu["TPU_VISIBLE_CHIPS"] == "2" and tpu["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "1,1,1"
     assert tpu["TPU_PROCESS_PORT"] != sweep.slot_environment("tpu", 3)["TPU_PROCESS_PORT"]
     assert sweep.slot_environment("cpu", 0) == {"JAX_PLATFORMS": "cpu"}
+
+
+def test_flags_after_the_double_dash_go_to_every_cell(tmp_path, stand_in):
+    """A pod's sweep gives every cell its gs:// data dir and weights this way."""
+    runs, extra = tmp_path / "runs", ("--config.data.data_dir=gs://b/tfds", "--config.x=1")
+    script = tmp_path / "stand_in.py"
+    script.write_text(  # Also records each run's last two arguments.
+        'import os, sys\nargv = open(os.environ["STARTS"] + ".argv", "a")\n'
+        'argv.write(" ".join(sys.argv[-2:]) + "\\n")\nargv.close()\n' + script.read_text()
+    )
+    sweep.Sweep(_cells(3), runs=str(runs), logs=str(tmp_path / "logs"), platform="cpu",
+                slots=2, extra_flags=extra, say=lambda _: None).run()  # fmt: skip
+    argv = pathlib.Path(f"{stand_in}.argv").read_text().splitlines()
+    assert argv == [" ".join(extra)] * 3
+
+
+def test_the_command_line_takes_only_flags_after_the_double_dash(tmp_path):
+    root = pathlib.Path(__file__).resolve().parents[1]
+    base = [sys.executable, "-m", "lln_jax.sweep", "--sweep=configs/sweeps/embedded.py",
+            f"--runs={tmp_path}", "--dry_run"]  # fmt: skip
+    listed = subprocess.run([*base, "--", "--config.data.data_dir=gs://b/tfds"], cwd=root,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr[-1000:]
+    refused = subprocess.run([*base, "--", "stray"], cwd=root, capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+    assert refused.returncode == 1 and "flags of every run go after --" in refused.stderr
 
 
 def test_the_shipped_sweeps_name_their_cells_once():

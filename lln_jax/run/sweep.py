@@ -53,10 +53,15 @@ def check_cells(cells: Sequence[Cell]) -> None:
         raise ValueError(f"cells share a workdir name: {twice}")
 
 
-def slot_environment(platform: str, slot: int) -> dict[str, str]:
-    """The variables that give process `slot` one chip of this host (none on a CPU)."""
+def slot_environment(platform: str, slot: int, visible_gpus: str | None = None) -> dict[str, str]:
+    """The variables that give process `slot` one chip of this host (none on a CPU).
+
+    A GPU slot is the `slot`-th of the GPUs this process may use (`visible_gpus`, e.g. what
+    Slurm put in `CUDA_VISIBLE_DEVICES`), or of all of them when that is unset.
+    """
     if platform == "gpu":
-        return {"CUDA_VISIBLE_DEVICES": str(slot)}
+        gpus = visible_gpus.split(",") if visible_gpus else None
+        return {"CUDA_VISIBLE_DEVICES": gpus[slot] if gpus else str(slot)}
     if platform == "tpu":  # libtpu's per-process chips: one chip, a 1x1x1 process grid.
         return {
             "TPU_VISIBLE_CHIPS": str(slot),
@@ -104,10 +109,11 @@ def cell_state(cell: Cell, runs: str, logs: str, failures: dict[str, int] | None
     return CellState(cell, "to do")
 
 
-def _command(cell: Cell, runs: str) -> list[str]:
+def _command(cell: Cell, runs: str, extra_flags: Sequence[str] = ()) -> list[str]:
     return [
         sys.executable, "-m", "lln_jax.main", f"--config={cell.config}",
         f"--config.seed={cell.seed}", f"--workdir={epath.Path(runs) / cell.name}", *cell.flags,
+        *extra_flags,
     ]  # fmt: skip
 
 
@@ -130,10 +136,12 @@ class Sweep:
         platform: str,
         slots: int,
         max_attempts: int = 2,
+        extra_flags: Sequence[str] = (),
         say: Callable[[str], None] = print,
     ):
         check_cells(cells)
         self.cells, self.runs, self.logs, self.platform = list(cells), runs, logs, platform
+        self.extra_flags = tuple(extra_flags)  # Every cell's, after its own (the data dir...).
         self.slots = [_Slot(i) for i in range(slots)]
         self.max_attempts, self.say = max_attempts, say
         self.attempts: dict[str, int] = {}
@@ -154,10 +162,13 @@ class Sweep:
         os.makedirs(self.logs, exist_ok=True)
         self.attempts[cell.name] = self.attempts.get(cell.name, 0) + 1
         log = open(_log_path(self.logs, cell), "a")  # noqa: SIM115 (the child holds it)
-        environment = {**os.environ, **slot_environment(self.platform, slot.index)}
+        environment = {
+            **os.environ,
+            **slot_environment(self.platform, slot.index, os.environ.get("CUDA_VISIBLE_DEVICES")),
+        }
         slot.cell, slot.process = cell, subprocess.Popen(
-            _command(cell, self.runs), stdout=log, stderr=subprocess.STDOUT, env=environment,
-            stdin=subprocess.DEVNULL,
+            _command(cell, self.runs, self.extra_flags), stdout=log, stderr=subprocess.STDOUT,
+            env=environment, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         log.close()
         self.say(f"{cell.name}: started in slot {slot.index} (attempt {self.attempts[cell.name]})")
