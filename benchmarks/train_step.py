@@ -11,12 +11,20 @@ Times forward, backward and optimizer update on random data of the paper's shape
 
     python benchmarks/train_step.py --size=224 --batch=8            # a CPU
     python benchmarks/train_step.py --size=448 --batch=16 --dtypes=float32,bfloat16  # a GPU
+    python benchmarks/train_step.py --topologies=v4-2,v5e-1,v6e-1 --torch=none  # TPU chips
+
+Rates are per step and per chip (the step is data-parallel over every local device). With
+`--topologies`, the run's own step (`configs/coco.py`, LL-R, ResNet-50 448 at the paper's
+batch) is compiled for those TPU slices by libtpu, here, with no TPU (`lln_jax.plan`): XLA's
+flops per step and chip, and the ideal step at the chip's bf16 peak (a lower bound); one
+chip (`v4-2`, `v5e-1`) is what each run of a sweep gets.
 
 Prints a table and writes JSON (`--out`). Needs `pip install -e '.[bench]'` for PyTorch.
 """
 
 import argparse
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -153,11 +161,13 @@ def main() -> None:
     parser.add_argument("--torch", default="fp32", help="comma list of fp32, amp; or none")
     parser.add_argument("--schemes", default="an,ll_r")
     parser.add_argument("--peak_tflops", type=float, default=None, help="for the MFU column")
+    parser.add_argument("--topologies", default="", help="TPU slices to compile for, e.g. v4-2")
+    parser.add_argument("--config", default="configs/coco.py:scheme=ll_r", help="--topologies'")
     parser.add_argument("--out", default="benchmarks/results/train_step.json")
     args = parser.parse_args()
     rows, flops_per_image = [], None
-    scheme_names = args.schemes.split(",")
-    for dtype in args.dtypes.split(","):
+    scheme_names = args.schemes.split(",") if args.dtypes else []
+    for dtype in filter(None, args.dtypes.split(",")):
         for scheme_name in scheme_names:
             run, flops_per_image = jax_step(scheme_name, dtype, args.batch, args.size)
             rate = _median_rate(run, args.batch, args.warmup, args.repeats)
@@ -167,6 +177,7 @@ def main() -> None:
                     "precision": dtype,
                     "scheme": scheme_name,
                     "images_per_s": rate,
+                    "images_per_s_per_chip": rate / jax.device_count(),
                 }
             )
             print(rows[-1], flush=True)
@@ -187,9 +198,13 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "jax_device": str(jax.devices()[0].device_kind),
         "size": args.size, "batch": args.batch, "warmup": args.warmup, "repeats": args.repeats,
+        "jax_devices": jax.device_count(),
         "xla_flops_per_training_image": flops_per_image,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "rows": rows,
+        "tpu_plans": [
+            tpu_plan_row(args.config, name) for name in filter(None, args.topologies.split(","))
+        ],
     }  # fmt: skip
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -197,13 +212,45 @@ def main() -> None:
     _print_table(report, flops_per_image, args.peak_tflops)
 
 
-def _print_table(report: dict, flops_per_image: float, peak_tflops: float | None) -> None:
+def tpu_plan_row(config_arg: str, accelerator: str) -> dict:
+    """`lln_jax.plan` for one slice: the run's step compiled by libtpu, its cost per chip."""
+    from lln_jax.data import datasets
+    from lln_jax.training import tpu_plan
+
+    config_file, _, overrides = config_arg.partition(":")
+    spec = importlib.util.spec_from_file_location("config", config_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(overrides or None)
+    num_classes, num_train = datasets.stated_size(config.data.name, config.data.val_frac)
+    plan = tpu_plan.plan(config, accelerator, num_classes=num_classes, num_train=num_train)
+    print("\n".join(plan.lines()), flush=True)
+    per_chip = plan.global_batch / plan.num_chips
+    return {
+        "accelerator": accelerator, "topology": plan.topology, "config": config_arg,
+        "global_batch": plan.global_batch, "gib_per_chip": plan.bytes_per_chip / 2**30,
+        "flops_per_step_and_chip": plan.flops_per_step,
+        "ideal_step_ms": 1e3 * plan.ideal_step_s,
+        "ideal_images_per_s_per_chip": per_chip / plan.ideal_step_s,
+    }  # fmt: skip
+
+
+def _print_table(report: dict, flops_per_image: float | None, peak_tflops: float | None) -> None:
+    for plan in report["tpu_plans"]:
+        print(
+            f"{plan['accelerator']}: {plan['flops_per_step_and_chip'] / 1e9:.0f} GFLOP per step "
+            f"and chip, ideal step {plan['ideal_step_ms']:.2f} ms = "
+            f"{plan['ideal_images_per_s_per_chip']:.0f} images/s per chip at the bf16 peak"
+        )
+    if not report["rows"]:
+        return
     print(
         f"\n{report['machine']}; JAX on {report['jax_device']}; ResNet-50 at {report['size']}, "
         f"batch {report['batch']}; {flops_per_image / 1e9:.1f} GFLOP per training image (XLA)\n"
     )
     print(
-        "| framework | precision | scheme | images/s | GFLOP/s | MFU |\n|---|---|---|---|---|---|"
+        "| framework | precision | scheme | images/s | per chip | GFLOP/s | MFU |\n"
+        "|---|---|---|---|---|---|---|"
     )
     jax_fp32 = {r["scheme"]: r["images_per_s"] for r in report["rows"]
                 if r["framework"] == "jax" and r["precision"] == "float32"}  # fmt: skip
@@ -213,7 +260,7 @@ def _print_table(report: dict, flops_per_image: float, peak_tflops: float | None
         mfu = f"{gflops / (peak_tflops * 1e3):.1%}" if peak_tflops else "-"
         print(
             f"| {row['framework']} | {row['precision']} | {row['scheme']} | {rate:.2f} "
-            f"| {gflops:.1f} | {mfu} |"
+            f"| {row.get('images_per_s_per_chip', rate):.2f} | {gflops:.1f} | {mfu} |"
         )
     for row in report["rows"]:
         if row["framework"] == "pytorch" and row["scheme"] in jax_fp32:

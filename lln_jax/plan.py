@@ -32,10 +32,8 @@ def _data_size(config) -> tuple[int, int]:
     """(classes, train rows after the val cut) from the flags or the data set's builder."""
     from lln_jax.data import datasets
 
-    builder_cls = datasets.get(config.data.name).builder_cls
-    num_classes = FLAGS.num_classes or getattr(builder_cls, "NUM_CLASSES", None)
-    official = getattr(builder_cls, "EXPECTED_COUNTS", {}).get("train")
-    num_train = FLAGS.num_train or (official and round(official * (1 - config.data.val_frac)))
+    stated_classes, stated_train = datasets.stated_size(config.data.name, config.data.val_frac)
+    num_classes, num_train = FLAGS.num_classes or stated_classes, FLAGS.num_train or stated_train
     if not (num_classes and num_train):
         _refuse(f"{config.data.name} does not state its size: give --num_classes and --num_train")
     return num_classes, num_train

@@ -13,7 +13,8 @@ from lln_jax.training import tpu_plan
 @pytest.mark.parametrize(
     ("accelerator", "topology", "chips"),
     [("v4-8", "v4:2x2x1", 4), ("v4-32", "v4:2x2x4", 16), ("v5e-8", "v5e:2x4", 8),
-     ("v5litepod-16", "v5e:4x4", 16), ("v5p-16", "v5p:2x2x2", 8), ("v6e-4", "v6e:2x2", 4)],
+     ("v5litepod-16", "v5e:4x4", 16), ("v5p-16", "v5p:2x2x2", 8), ("v6e-4", "v6e:2x2", 4),
+     ("v4-2", "v4:1x1x1", 1), ("v5e-1", "v5e:1x1", 1)],  # One chip: a sweep's run.
 )  # fmt: skip
 def test_accelerator_types_name_libtpus_topologies(accelerator, topology, chips):
     name, _, num_chips = tpu_plan.topology(accelerator)
@@ -41,6 +42,15 @@ def test_the_step_compiles_for_v5e_with_no_host_transfer_and_no_all_gather():
     assert plan.collectives["all-reduce"] >= 3
     assert 0 < plan.bytes_per_chip < 0.1 * 2**30 and plan.flops_per_step > 0
     assert plan.lines()[0] == "v5e-4 (v5e:2x2, 4 chips): global batch 16, 4 per chip"
+
+
+def test_one_chip_compiles_whole_with_no_collective():
+    """A sweep's run: the batch on one chip, so nothing to reduce across chips."""
+    config = load_config("digits.py", "scheme=ll_r,runlocal")
+    plan = tpu_plan.plan(config, "v4-2", num_classes=10, num_train=240)
+    assert plan.lines()[0] == "v4-2 (v4:1x1x1, 1 chips): global batch 16, 16 per chip"
+    assert plan.collectives["host transfers"] == 0 and plan.collectives["all-gather"] == 0
+    assert plan.collectives["all-reduce"] == 0
 
 
 def _plan_command(*args):

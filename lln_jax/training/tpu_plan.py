@@ -85,12 +85,15 @@ class Plan:
 # Slice shapes libtpu names, by chip count: 2-D tori (v5e, v6e) and 3-D ones (v4, v5p).
 GRIDS_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
             256: "16x16"}  # fmt: skip
-GRIDS_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
+GRIDS_3D = {1: "1x1x1", 4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
             256: "4x8x8", 512: "8x8x8"}  # fmt: skip
 
 
 def topology(accelerator: str) -> tuple[str, Chip, int]:
-    """`v5e-8` -> (`v5e:2x4`, the chip, 8 chips); `v4-8` -> (`v4:2x2x1`, ..., 4 chips)."""
+    """`v5e-8` -> (`v5e:2x4`, the chip, 8 chips); `v4-8` -> (`v4:2x2x1`, ..., 4 chips).
+
+    One chip (`v4-2`, `v5e-1`) is what each run of a sweep gets.
+    """
     family, _, count = accelerator.partition("-")
     if family not in CHIPS or not count.isdigit():
         raise PlanError(f"unknown accelerator type {accelerator!r}; e.g. v4-8, v5e-8, v5p-8, v6e-8")
@@ -106,7 +109,7 @@ def devices(accelerator: str):
     """libtpu's compile-only devices of the slice."""
     from jax.experimental import topologies
 
-    name, chip, _ = topology(accelerator)
+    name, chip, num_chips = topology(accelerator)
     if not (os.environ.get("TPU_LIBRARY_PATH") or importlib.util.find_spec("libtpu")):
         raise PlanError(
             "compiling for a TPU needs libtpu: pip install libtpu==0.0.42.1, or set "
@@ -117,6 +120,8 @@ def devices(accelerator: str):
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     options = {"chip_config_name": "megacore"} if chip.cores_per_chip == 2 else {}
+    if num_chips == 1:  # A host's bounds are 2x2x1 unless told: one chip is one host's.
+        options["chips_per_host_bounds"] = (1, 1, 1)
     return topologies.get_topology_desc(platform="tpu", topology_name=name, **options).devices
 
 

@@ -64,6 +64,14 @@ def get(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
+def stated_size(name: str, val_frac: float) -> tuple[int | None, int | None]:
+    """(classes, train rows after the val cut) as data set `name` states them, without its
+    files; None where it states none (a data set of the user's own)."""
+    builder_cls = get(name).builder_cls
+    official = getattr(builder_cls, "EXPECTED_COUNTS", {}).get("train")
+    return getattr(builder_cls, "NUM_CLASSES", None), official and round(official * (1 - val_frac))
+
+
 def builder(name: str, data_dir: str | None, *, check_counts: bool = True):
     """The TFDS builder of `name` over `data_dir` (TFDS's default directory when None)."""
     spec = get(name)
