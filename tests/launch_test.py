@@ -245,20 +245,24 @@ def test_setup_refuses_in_one_line_where_no_uv_can_be_had(tmp_path):
     assert not (tmp_path / "lln_venv").exists()
 
 
-def test_setup_installs_exactly_the_platforms_lock_on_a_python_311_venv(tmp_path):
-    """uv (a stand-in that records its calls; the venv it makes answers every question with
-    yes) is asked for a 3.11 venv, to sync it to the platform's lock, then for the package
-    without its dependencies."""
-    calls = tmp_path / "uv_calls"
-    uv = (
+def _recording_uv(calls: pathlib.Path) -> str:
+    """A uv stand-in that records its calls in `calls`; the venv it makes answers every
+    question with yes."""
+    return (
         f'#!/bin/bash\necho "$*" >> {calls}\n'
         '[[ "$1" == --version ]] && echo "uv 0.13.9" && exit 0\n'
         'if [[ "$1" == venv ]]; then\n'
         '  mkdir -p "${@: -1}/bin" && printf "#!/bin/bash\\n" > "${@: -1}/bin/python"\n'
         '  chmod +x "${@: -1}/bin/python"\nfi\n'
     )
+
+
+def test_setup_installs_exactly_the_platforms_lock_on_a_python_311_venv(tmp_path):
+    """uv is asked for a 3.11 venv, to sync it to the platform's lock, then for the package
+    without its dependencies."""
+    calls = tmp_path / "uv_calls"
     venv = tmp_path / "lln_venv"
-    done = _setup(_setup_machine(tmp_path, "3.10.12", uv=uv), "gpu")
+    done = _setup(_setup_machine(tmp_path, "3.10.12", uv=_recording_uv(calls)), "gpu")
     assert done.returncode == 0, done.stderr
     assert calls.read_text().splitlines() == [
         "--version",
@@ -558,13 +562,7 @@ def _storage_gcloud(tmp_path) -> dict[str, str]:
     worker = tmp_path / "worker"
     (worker / ".local" / "bin").mkdir(parents=True)
     uv = worker / ".local" / "bin" / "uv"  # setup.sh's installs: recorded, and a venv made.
-    uv.write_text(
-        f'#!/bin/bash\necho "$*" >> {tmp_path}/uv_calls\n'
-        '[[ "$1" == --version ]] && echo "uv 0.13.9" && exit 0\n'
-        'if [[ "$1" == venv ]]; then\n'
-        '  mkdir -p "${@: -1}/bin" && printf "#!/bin/bash\\n" > "${@: -1}/bin/python"\n'
-        '  chmod +x "${@: -1}/bin/python"\nfi\n'
-    )
+    uv.write_text(_recording_uv(tmp_path / "uv_calls"))
     uv.chmod(0o755)
     return {
         **os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}",
