@@ -131,6 +131,44 @@ def test_to_global_shards_the_batch_over_the_devices():
     np.testing.assert_array_equal(jax.device_get(global_batch["example_id"]), np.arange(16))
 
 
+def test_device_prefetch_gives_the_batches_in_order_on_the_devices():
+    mesh = sharding.create_mesh()
+    host_batches = _all(_split(16), batch_size=16, train=True, start=0, stop=3)
+    with input_pipeline.DevicePrefetch(host_batches, sharding.data_sharding(mesh)) as prefetch:
+        global_batches = list(prefetch)
+        assert next(prefetch, None) is None  # The end stays the end.
+    assert len(global_batches) == 3
+    for host, device in zip(host_batches, global_batches, strict=True):
+        assert isinstance(device["image"], jax.Array)
+        for key in host:
+            np.testing.assert_array_equal(jax.device_get(device[key]), host[key])
+
+
+def test_device_prefetch_raises_the_input_error_in_the_loop_and_stops_when_closed():
+    mesh = sharding.create_mesh()
+    batch = _all(_split(16), batch_size=16, train=False, start=0, stop=1)[0]
+
+    def failing():
+        yield batch
+        raise ValueError("cannot decode image train row 7")
+
+    with input_pipeline.DevicePrefetch(failing(), sharding.data_sharding(mesh)) as prefetch:
+        next(prefetch)
+        with pytest.raises(ValueError, match="train row 7"):
+            next(prefetch)
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(1)
+            yield batch
+
+    prefetch = input_pipeline.DevicePrefetch(endless(), sharding.data_sharding(mesh), size=2)
+    next(prefetch)
+    prefetch.close()  # A loop that stops early: the thread ends, the input is not drained.
+    assert not prefetch._thread.is_alive() and len(produced) <= 5
+
+
 def test_the_tfds_glue_on_the_embedded_data_set(tmp_path):
     train, test = datasets.open_splits("digit_mosaics_small", str(tmp_path))
     assert [int(train.source[i]["example_id"]) for i in range(5)] == list(range(5))  # In order.

@@ -64,7 +64,22 @@ def train(
     experiment: Experiment, session: Session, state: TrainState, record: RunRecord
 ) -> TrainState:
     """The loop from the state's step to the end, an early stop or a stop request."""
-    loop, step, writer = experiment.loop, current_step(state), session.writer
+    start = current_step(state)
+    batches = train_batches(experiment, start)
+    with input_pipeline.DevicePrefetch(batches, experiment.data_sharding) as prefetch:
+        return _steps(experiment, session, state, record, start, prefetch)
+
+
+def _steps(
+    experiment: Experiment,
+    session: Session,
+    state: TrainState,
+    record: RunRecord,
+    step: int,
+    global_batches,
+) -> TrainState:
+    """The steps from `step` on, one per global batch (those of that step on)."""
+    loop, writer = experiment.loop, session.writer
     report = periodic_actions.ReportProgress(num_train_steps=experiment.total_steps, writer=writer)
     monitor = TrainMonitor(
         writer, session.checkpointer, session.workdir, experiment.learning_rate,
@@ -73,12 +88,10 @@ def train(
     merged = None
     # One dispatch a step: clu's `merge` is a dozen host-side jnp operations otherwise.
     merge = jax.jit(lambda merged, update: merged.merge(update), donate_argnums=0)
-    batches = input_pipeline.TimedBatches(train_batches(experiment, start=step))
+    batches = input_pipeline.TimedBatches(global_batches)
     for batch in batches:
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            state, update, scheduled = experiment.train_step(
-                state, input_pipeline.to_global(batch, experiment.data_sharding)
-            )
+            state, update, scheduled = experiment.train_step(state, batch)
         merged = update if merged is None else merge(merged, update)
         step += 1
         report(step)
