@@ -46,6 +46,24 @@ def load_config(name: str = "digits.py", arg: str | None = None, **overrides):
     return config
 
 
+def cpu_identity() -> str:
+    """The CPU's model name, family, model and widest vector ISA, from /proc/cpuinfo: what
+    XLA:CPU's kernels, and so the last bits of a CPU run, depend on."""
+    info = pathlib.Path("/proc/cpuinfo")
+    text = info.read_text() if info.exists() else ""
+    fields = {}
+    for line in reversed(text.splitlines()):  # The first processor's fields win.
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags_ = set(fields.get("flags", "").split())
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+                if flag in flags_), "SSE")  # fmt: skip
+    return (
+        f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')}, "
+        f"model {fields.get('model', '?')}, {isa})"
+    )
+
+
 NUM_DEVICES = 8
 
 
