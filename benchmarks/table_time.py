@@ -13,7 +13,7 @@ is longer. Two rates per chip:
   pass): a lower bound on the time;
 - `--images_per_s`: a training rate per chip at 448, measured or published.
 
-    python benchmarks/table_time.py --chips=4 --peak_tflops=275 --images_per_s=1600
+    python benchmarks/table_time.py --chips=4 --peak_tflops=275 --images_per_s=1130   # a v4-8
 """
 
 import argparse
@@ -73,7 +73,7 @@ def main() -> None:
         f"{len(cells)} cells: {train / 1e6:.1f} M training and {evaluate / 1e6:.1f} M "
         f"evaluation images (448-pixel equivalents, every epoch run)"
     )
-    # One training image's worth of work per evaluation image is FORWARD_SHARE of it.
+    # An evaluation image costs FORWARD_SHARE of a training image.
     equivalent = [t + FORWARD_SHARE * e for t, e in work]
     rates = {"at the bf16 peak (lower bound)": args.peak_tflops * 1e3 / args.gflop_per_image}
     if args.images_per_s:
