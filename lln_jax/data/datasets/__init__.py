@@ -23,6 +23,7 @@ from lln_jax.data.datasets import (
     prepared,
     records,
     resized,
+    staging,
     voc,
 )
 from lln_jax.data.datasets.manual import ManualBuilder
@@ -223,12 +224,14 @@ def prepare(
         )
     if spec.needs_download:
         data_builder.check_manual_dir(epath.Path(manual_dir))
+    # TFDS's downloads stay behind: only the prepared data goes to a bucket.
+    with staging.staged(data_builder.data_dir_root, skip=("downloads",)) as local_root:
+        local = builder(name, local_root, check_counts=check_counts)
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-        data_builder.download_and_prepare(download_config=download_config)
-    else:
-        data_builder.download_and_prepare()
-    counts_checked = check_counts or not _expected_counts(data_builder)
-    _write_preparation(data_builder, counts_checked=counts_checked, manual_dir=manual_dir)
+        local.download_and_prepare(download_config=download_config)
+        counts_checked = check_counts or not _expected_counts(local)
+        _write_preparation(local, counts_checked=counts_checked, manual_dir=manual_dir)
+    data_builder = builder(name, data_dir, check_counts=check_counts)
     _remove_stale_incomplete(data_builder)
     return data_builder
 

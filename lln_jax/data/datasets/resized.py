@@ -22,7 +22,7 @@ from array_record.python import array_record_data_source, array_record_module
 from etils import epath
 
 from lln_jax.data import image_storage
-from lln_jax.data.datasets import prepared
+from lln_jax.data.datasets import prepared, staging
 from lln_jax.data.image_storage import Storage
 
 _CHUNK = 256  # Images resized in parallel before being written in order.
@@ -65,14 +65,22 @@ def write(data_builder, sources: dict[str, Any], storage: Storage, *, num_thread
     for stale in (final, partial):
         if stale.exists():
             stale.rmtree()
-    partial.mkdir(parents=True)
+    # A bucket has no directory rename (TF's GCS client copies object by object and fails on
+    # a prefix): there the files go to their final place, and the record alone lists them.
+    remote = staging.is_remote(directory)
+    written_to = final if remote else partial
+    written_to.mkdir(parents=True)
     splits = {}
-    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+    with (
+        staging.staged(written_to) as local,
+        concurrent.futures.ThreadPoolExecutor(num_threads) as pool,
+    ):
         for split, source in sources.items():
-            path = partial / f"{split}.array_record"
+            path = epath.Path(local) / f"{split}.array_record"
             written = _write_split(source, path, storage, split, pool)
             splits[split] = {"file": path.name, "count": len(source), "bytes": written}
-    partial.rename(final)
+    if not remote:
+        partial.rename(final)
     entry = {"size": storage.size, "encoding": storage.encoding, "splits": splits}
     record = prepared.read_record(data_builder) or {}
     record.setdefault("resized", {})[storage.name] = entry
