@@ -14,7 +14,9 @@ Each client a run uses reaches the emulator the way it reaches GCS in production
   no endpoint setting at all (its URLs are literals), so with `google_endpoints=True` the
   namespace also gets a mount namespace in which www.googleapis.com, storage.googleapis.com
   and oauth2.googleapis.com resolve to 127.0.0.1, where a TLS front with a certificate of a
-  test CA (`CURL_CA_BUNDLE`) forwards to the emulator: TF runs its real HTTPS requests.
+  test CA (`CURL_CA_BUNDLE`) forwards to the emulator: TF runs its real HTTPS requests. The
+  emulator then names itself https://www.googleapis.com in the links it returns, as GCS does,
+  and google-cloud-storage follows them through the same front (`REQUESTS_CA_BUNDLE`).
 """
 
 import datetime
@@ -191,7 +193,10 @@ def _google_endpoints(emulator_url: str, directory: str) -> None:
     context.load_cert_chain(cert, key)
     front.socket = context.wrap_socket(front.socket, server_side=True)
     threading.Thread(target=front.serve_forever, daemon=True).start()
-    os.environ["CURL_CA_BUNDLE"] = ca
+    os.environ["CURL_CA_BUNDLE"] = ca  # TensorFlow's (and tensorstore's) libcurl.
+    # requests, for google-cloud-storage's downloads: they follow the object's mediaLink,
+    # https://www.googleapis.com/download/..., as in production.
+    os.environ["REQUESTS_CA_BUNDLE"] = ca
 
 
 def _main(script: str, args: list[str], google_endpoints: bool) -> int:
