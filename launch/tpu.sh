@@ -82,7 +82,7 @@ while [[ $# -gt 0 ]]; do
     *) echo "tpu.sh: unknown option $1" >&2; usage 2 ;;
   esac
 done
-for word in "${EXTRA[@]}"; do
+for word in ${EXTRA[@]+"${EXTRA[@]}"}; do
   [[ "${word}" != --dry-run ]] || die "--dry-run goes before --, not among lln_jax.main's flags"
 done
 # What was given, apart from the defaults: recover takes the rest from the slice's record.
@@ -118,7 +118,13 @@ RUN_ARGS="${BUCKET}/launch/${NAME}/run.args"
 RUN_STATE="${BUCKET}/launch/${NAME}/state"  # "running" or "stopped", read at each boot
 SLICE="${BUCKET}/launch/${NAME}/slice"  # The accelerator, runtime and pricing it was created with
 
-need() { for var in "$@"; do [[ -n "${!var}" ]] || die "${COMMAND} needs --${var,,}"; done; }
+# (tr, not ${var,,}, and ${a[@]+"${a[@]}"} for a possibly empty array: macOS's bash 3.2.)
+need() {
+  local var
+  for var in "$@"; do
+    [[ -n "${!var}" ]] || die "${COMMAND} needs --$(printf '%s' "${var}" | tr '[:upper:]' '[:lower:]')"
+  done
+}
 
 # One shell word, single-quoted where it needs quoting.
 quote() {
@@ -150,7 +156,7 @@ main_args() {
   local word head=(--config="${CONFIG}" --workdir="${WORKDIR}")
   if [[ -n "${SWEEP}" ]]; then head=(lln_jax.sweep --sweep="${SWEEP}" --runs="${RUNS}" --); fi
   for word in "${head[@]}" --config.data.data_dir="${BUCKET}/tfds" \
-      --config.init_from="${BUCKET}/weights/resnet50_imagenet1k_v1.npz" "${EXTRA[@]}"; do
+      --config.init_from="${BUCKET}/weights/resnet50_imagenet1k_v1.npz" ${EXTRA[@]+"${EXTRA[@]}"}; do
     quote "${word}"; printf ' '
   done
 }
@@ -197,11 +203,11 @@ on_workers() {
 plan_slice() {
   [[ -n "${CONFIG}" && "${PLAN}" == 1 ]] || return 0
   local overrides=()
-  for word in "${EXTRA[@]}"; do
+  for word in ${EXTRA[@]+"${EXTRA[@]}"}; do
     [[ "${word}" != --config.* ]] || overrides+=("${word}")
   done
   step "${LLN_PYTHON:-python3}" -m lln_jax.plan --config="${CONFIG}" \
-    --topology="${ACCELERATOR}" "${overrides[@]}"
+    --topology="${ACCELERATOR}" ${overrides[@]+"${overrides[@]}"}
 }
 
 # What the slice was created with, so that recover re-creates the same one.
@@ -219,7 +225,7 @@ read_slice() {
   local recorded=() option
   read -r -a recorded <<< "$(gcloud storage cat "${SLICE}" 2>/dev/null || true)"
   VERSION="${GIVEN_VERSION}"  # The image follows the accelerator unless given or recorded.
-  set -- "${recorded[@]}"
+  set -- ${recorded[@]+"${recorded[@]}"}
   while [[ $# -ge 2 ]]; do
     option="$1"; shift
     case "${option}" in
@@ -248,11 +254,11 @@ create() {
     mark_run running  # Its startup script starts the run at every boot.
     step gcloud compute tpus queued-resources create "${NAME}" --node-id="${NAME}" \
       --zone="${ZONE}" --accelerator-type="${ACCELERATOR}" --runtime-version="${VERSION}" \
-      "${flags[@]}" --metadata-from-file=startup-script="$(dirname "$0")/startup.sh" \
+      ${flags[@]+"${flags[@]}"} --metadata-from-file=startup-script="$(dirname "$0")/startup.sh" \
       --metadata=lln-bucket="${BUCKET}",lln-name="${NAME}"
   else
     step gcloud compute tpus tpu-vm create "${NAME}" --zone="${ZONE}" \
-      --accelerator-type="${ACCELERATOR}" --version="${VERSION}" "${flags[@]}"
+      --accelerator-type="${ACCELERATOR}" --version="${VERSION}" ${flags[@]+"${flags[@]}"}
   fi
 }
 
