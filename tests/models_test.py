@@ -22,6 +22,15 @@ def test_resnet50_has_torchvisions_parameter_count():
     assert count == 25_557_032  # torchvision.models.resnet50().parameters()
 
 
+def test_resnet101_has_torchvisions_parameter_count_and_names():
+    variables = _shapes(models.create("resnet101", num_classes=1000))
+    count = sum(np.prod(x.shape) for x in jax.tree.leaves(variables["params"]))
+    assert count == 44_549_160  # torchvision.models.resnet101().parameters()
+    params = flax.traverse_util.flatten_dict(variables["params"], sep=".")
+    assert params["layer3_22.conv3.kernel"].shape == (1, 1, 256, 1024)
+    assert "layer3_23.conv1.kernel" not in params and "layer4_2.bn3.scale" in params
+
+
 def test_resnet50_names_follow_torchvision():
     params = flax.traverse_util.flatten_dict(
         _shapes(models.create("resnet50", num_classes=20))["params"], sep="."

@@ -67,6 +67,28 @@ def test_full_size_torchvision_resnet50_matches():
     print(f"ResNet-50 eval logits: max abs difference {difference:.3g}")
 
 
+@pytest.mark.slow  # torch (the bench extra) and a ResNet-101 compile.
+def test_torchvision_resnet101_converts_and_matches(tmp_path):
+    """torchvision's own resnet101, random weights and statistics, converted by the same
+    name mapping: eval and train logits and the updated statistics match."""
+    torch = pytest.importorskip("torch")
+    from torchvision.models import resnet as torchvision_resnet
+
+    sys.path.insert(0, str(FIXTURES))
+    import make_resnet_fixture
+
+    torch.manual_seed(0)
+    network = torchvision_resnet.resnet101(weights=None, num_classes=20)
+    make_resnet_fixture.randomize(network, torch.Generator().manual_seed(1))
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
+    make_resnet_fixture.record(network, pixels, tmp_path, "resnet101")
+    variables, outputs = _load_fixture(tmp_path, "resnet101")
+    difference = _check_parity(
+        models.create("resnet101", num_classes=20), variables, outputs, dict(rtol=1e-3, atol=1e-3)
+    )
+    print(f"ResNet-101 eval logits: max abs difference {difference:.3g}")
+
+
 def test_merge_keeps_the_new_head_and_names_every_mismatch():
     model = models.create("resnet_tiny", num_classes=3)
     init = functools.partial(model.init, train=False)

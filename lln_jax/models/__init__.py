@@ -12,6 +12,7 @@ HEAD_NAME = resnet.HEAD_NAME  # The classification head's module name (own learn
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": resnet.ResNet50,
+    "resnet101": resnet.ResNet101,
     "resnet_small": resnet.ResNetSmall,
     "resnet_tiny": resnet.ResNetTiny,
 }

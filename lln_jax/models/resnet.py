@@ -235,6 +235,8 @@ class ResNet(nn.Module):
 
 
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), stage_widths=(64, 128, 256, 512))
+# The paper's OpenImages backbone: torchvision's resnet101, the same blocks, more of them.
+ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), stage_widths=(64, 128, 256, 512))
 # Small variants of the same architecture, for CPU work and tests.
 ResNetSmall = functools.partial(
     ResNet, stage_sizes=(1, 1, 1), stage_widths=(16, 32, 64), stem_width=16
