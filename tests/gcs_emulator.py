@@ -183,7 +183,9 @@ def _google_endpoints(emulator_url: str, directory: str) -> None:
     """googleapis names -> 127.0.0.1 in this mount namespace, and a TLS front on port 443."""
     hosts = os.path.join(directory, "hosts")
     with open(hosts, "w") as file:
-        file.write("127.0.0.1 localhost " + " ".join(GOOGLE_HOSTS) + "\n")
+        # This machine's own name too (gloo, JAX's CPU collectives, resolves it).
+        names = ("localhost", socket.gethostname(), *GOOGLE_HOSTS)
+        file.write("127.0.0.1 " + " ".join(names) + "\n")
     subprocess.run(["mount", "--bind", hosts, "/etc/hosts"], check=True)
     ca, cert, key = _certificates(directory)
     host, port = emulator_url.removeprefix("http://").split(":")
