@@ -183,10 +183,11 @@ record_source() {
   if [[ "${DRY_RUN}" == 0 ]]; then echo "${SOURCE}" | gcloud storage cp - "${SOURCE_RECORD}"; fi
 }
 
-# A worker's shell words that replace ~/lln_jax with the source recorded for the run.
+# A worker's shell words that replace ~/lln_jax with the source recorded for the run. The
+# archive goes to the home too: a /tmp file is shared with the machine's other users.
 fetch_source() {
-  echo "gcloud storage cp \"\$(gcloud storage cat ${SOURCE_RECORD})\" /tmp/lln_jax.tar.gz \
-&& rm -rf ~/lln_jax && mkdir ~/lln_jax && tar -xzf /tmp/lln_jax.tar.gz -C ~/lln_jax"
+  echo "gcloud storage cp \"\$(gcloud storage cat ${SOURCE_RECORD})\" ~/lln_jax.tar.gz \
+&& rm -rf ~/lln_jax && mkdir ~/lln_jax && tar -xzf ~/lln_jax.tar.gz -C ~/lln_jax"
 }
 
 upload_run_args() {
