@@ -15,8 +15,9 @@ LOG="${LOG_DIR}/$(hostname).log"
 LOG_COPY="${ARGS_FILE%/*}/logs/$(hostname).log"
 mkdir -p "${LOG_DIR}"
 # One training process (or sweep) per worker: a second would fight the first for the chips.
+# Whoever started it: a queued resource's startup script runs it as root (/root/lln_venv).
 PYTHON="${HOME}/lln_venv/bin/python"
-if running="$(pgrep -f "${PYTHON} -m lln_jax[.](main|sweep)" | head -n 1)" \
+if running="$(pgrep -f "/lln_venv/bin/python -m lln_jax[.](main|sweep)" | head -n 1)" \
     && [[ -n "${running}" ]]; then
   echo "run_worker.sh: $(hostname) already runs lln_jax (pid ${running}); stop it first" >&2
   exit 2

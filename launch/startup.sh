@@ -16,8 +16,9 @@ export LLN_LOG_DIR=/var/log/lln_jax
 mkdir -p "${LLN_LOG_DIR}" && chmod 755 "${LLN_LOG_DIR}"
 exec >> "${LLN_LOG_DIR}/startup-$(hostname).log" 2>&1
 # The source recorded for the run at its creation: a re-created VM runs the same commit.
-gcloud storage cp "$(gcloud storage cat "${BUCKET}/launch/${NAME}/source")" /tmp/lln_jax.tar.gz
-rm -rf "${HOME}/lln_jax" && mkdir "${HOME}/lln_jax" && tar -xzf /tmp/lln_jax.tar.gz -C "${HOME}/lln_jax"
+gcloud storage cp "$(gcloud storage cat "${BUCKET}/launch/${NAME}/source")" "${HOME}/lln_jax.tar.gz"
+rm -rf "${HOME}/lln_jax" && mkdir "${HOME}/lln_jax"
+tar -xzf "${HOME}/lln_jax.tar.gz" -C "${HOME}/lln_jax"
 bash "${HOME}/lln_jax/launch/setup.sh" tpu
 # A run stopped with `tpu.sh stop` stays stopped across boots until `tpu.sh run`.
 if [[ "$(gcloud storage cat "${BUCKET}/launch/${NAME}/state" 2>/dev/null || true)" == stopped ]]; then

@@ -7,14 +7,16 @@
 set -euo pipefail
 
 WAIT_S="${1:-600}"
-PYTHON="${HOME}/lln_venv/bin/python"
-pid="$(pgrep -f "${PYTHON} -m lln_jax[.]sweep" | head -n 1 || true)"
-pid="${pid:-$(pgrep -f "${PYTHON} -m lln_jax[.]main" | head -n 1 || true)}"
+# Whoever started it: a queued resource's startup script runs it as root (/root/lln_venv),
+# which the ssh user signals through sudo (passwordless on TPU VMs).
+RUN="/lln_venv/bin/python -m lln_jax[.]"
+pid="$(pgrep -f "${RUN}sweep" | head -n 1 || true)"
+pid="${pid:-$(pgrep -f "${RUN}main" | head -n 1 || true)}"
 if [[ -z "${pid}" ]]; then
   echo "stopped on $(hostname): no lln_jax.main was running"
   exit 0
 fi
-kill -TERM "${pid}"
+kill -TERM "${pid}" 2>/dev/null || sudo -n kill -TERM "${pid}"
 exited() {  # Gone, or a zombie its parent has not reaped yet.
   local state
   state="$(ps -o stat= -p "${pid}" 2>/dev/null || true)"

@@ -11,7 +11,9 @@
 #            gs://BUCKET/tfds (with --image_size, also pre-resized), convert the ImageNet
 #            weights to gs://BUCKET/weights; the VM works detached and deletes itself when
 #            done (NUS-WIDE: upload its files to gs://BUCKET/manual/nuswide/ first)
-#   run      start --config on every worker (LLN_MULTIHOST=1), logs in ~/lln_logs/
+#   run      start --config on every worker (LLN_MULTIHOST=1), logs in ~/lln_logs/ (with
+#            --queued: the startup script's install in /root, through sudo; logs in
+#            /var/log/lln_jax/)
 #   sweep    start --sweep on every worker (`python -m lln_jax.sweep`): each worker runs
 #            one cell per chip of its own, the workers sharing the cells through their
 #            leases, into --runs; the report is written there at the end
@@ -302,17 +304,28 @@ sweep() {
   start_workers
 }
 
+# A worker's command line for one of launch/'s worker scripts. On a queued resource the
+# startup script installed the source and the venv as root, in /root, and logs where status
+# reads: the ssh user runs the script there, through sudo (passwordless on TPU VMs).
+worker_script() {
+  if [[ "${QUEUED}" == 1 ]]; then
+    echo "sudo env HOME=/root LLN_LOG_DIR=/var/log/lln_jax bash /root/lln_jax/launch/$*"
+  else
+    echo "bash ~/lln_jax/launch/$*"
+  fi
+}
+
 # The run's command (given now, or as recorded when none is given) on every worker.
 start_workers() {
   if [[ -n "${CONFIG}${SWEEP}" ]]; then upload_run_args; fi
   mark_run running
-  on_workers "bash ~/lln_jax/launch/run_worker.sh ${RUN_ARGS}"
+  on_workers "$(worker_script run_worker.sh "${RUN_ARGS}")"
 }
 
 stop() {
   need BUCKET
   mark_run stopped
-  on_workers "bash ~/lln_jax/launch/stop_worker.sh"
+  on_workers "$(worker_script stop_worker.sh)"
 }
 
 status() {

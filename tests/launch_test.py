@@ -32,6 +32,8 @@ CASES = {
     "run": ["run", *COMMON, *CONFIG, "--", "--config.data.storage=jpeg95"],
     "status": ["status", *COMMON],
     "stop": ["stop", *COMMON],
+    "stop_queued": ["stop", *COMMON, "--queued"],
+    "run_queued": ["run", *COMMON, "--queued", *CONFIG],
     "recover": ["recover", *COMMON, "--pricing", "spot", *CONFIG],
     "recover_queued": ["recover", *COMMON, "--queued", "--pricing", "spot", *CONFIG],
     "recover_recorded": ["recover", *COMMON],  # The command recorded by run or sweep.
@@ -394,6 +396,32 @@ def test_stop_worker_sends_sigterm_and_waits_for_the_run_to_save_and_exit(tmp_pa
         run.kill()
     again = _stop_worker(environment)
     assert again.returncode == 0 and "no lln_jax.main was running" in again.stdout
+
+
+def test_a_run_started_from_another_home_is_refused_a_second_and_stopped(tmp_path):
+    """A queued resource's startup script runs the run as root (/root/lln_venv); the ssh user
+    who runs `tpu.sh run` or `stop` has another home, and must see it all the same."""
+    environment = _worker_home(tmp_path / "user", "--config=configs/coco.py")
+    root_home = tmp_path / "root"
+    (root_home / "lln_venv" / "bin").mkdir(parents=True)
+    python = root_home / "lln_venv" / "bin" / "python"
+    python.write_text(
+        f"#!/bin/bash\ntrap 'touch {tmp_path}/saved; exit 75' TERM\n"
+        f"touch {tmp_path}/up\nwhile true; do sleep 0.1; done\n"
+    )
+    python.chmod(0o755)
+    run = subprocess.Popen([str(python), "-m", "lln_jax.main", "--workdir=w"], env=environment)
+    try:
+        deadline = time.time() + 10
+        while not (tmp_path / "up").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        again = _run_worker(environment)
+        assert again.returncode == 2 and f"already runs lln_jax (pid {run.pid})" in again.stderr
+        stopped = _stop_worker(environment)
+        assert stopped.returncode == 0 and "saved and exited" in stopped.stdout, stopped.stderr
+        assert run.wait(timeout=10) == 75 and (tmp_path / "saved").exists()
+    finally:
+        run.kill()
 
 
 def test_run_worker_starts_a_sweep_as_one_host_of_its_own(tmp_path):
