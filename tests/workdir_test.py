@@ -15,7 +15,14 @@ import pytest
 from conftest import load_config
 from etils import epath
 
-from lln_jax.run import atomic_write, checkpointing, run_identity, stop_request, workdir_lock
+from lln_jax.run import (
+    atomic_write,
+    checkpointing,
+    process_identity,
+    run_identity,
+    stop_request,
+    workdir_lock,
+)
 from lln_jax.run import workdir as workdir_lib
 from lln_jax.training import initial_state, loop, trainer
 
@@ -229,6 +236,24 @@ def test_a_live_lease_refuses_a_second_run_and_a_stale_one_is_taken_over(tmp_pat
         assert (held["pid"], held["token"]) == (os.getpid(), lock.token)
         assert held["renewed"] > held["started"]  # Renewed by the heartbeat.
     assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
+    # Its pid taken since by another process (a reboot, a re-created VM, another PID
+    # namespace): the recorded process is gone, and the lease with it.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lease.update(pid=other.pid, process="another-boot:12345", renewed=time.time())
+        (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(lease))
+        workdir_lock.WorkdirLock(str(tmp_path)).acquire().release()
+        lease.update(process=held["process"].rsplit(":", 1)[0] + ":0")  # This boot, not it.
+        (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(lease))
+        workdir_lock.WorkdirLock(str(tmp_path)).acquire().release()
+        # The recorded process itself, alive: the lease holds.
+        lease.update(process=process_identity.of(other.pid))
+        (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(lease))
+        with pytest.raises(workdir_lock.WorkdirLockedError, match=rf"pid {other.pid} on"):
+            workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+    finally:
+        other.kill()
+        other.wait()
     # Another host's lease that was not renewed for longer than the lease: stale.
     lease.update(host="elsewhere", renewed=time.time() - 600)
     (tmp_path / workdir_lock.LOCK_FILE).write_text(json.dumps(lease))

@@ -4,7 +4,8 @@
 last renewed the lease (a heartbeat thread, every `renew_s`). A second run refuses while the
 lease is live and names the owner. A lease is stale, and is taken over, when it was not
 renewed for `lease_s`, when its owner is a process of this host that no longer exists (a
-killed run, restarted at once), or when it claims a renewal more than `renew_s` in the
+killed run, restarted at once; the process is told apart from a later one that got its pid
+by the kernel's boot id and its start time), or when it claims a renewal more than `renew_s` in the
 future (a clock that jumped back would otherwise block the workdir for the jump's length).
 
 Every write of the lease is a compare-and-swap against the version the writer last saw, so
@@ -32,6 +33,7 @@ from typing import Any
 from absl import logging
 from etils import epath
 
+from lln_jax.run import process_identity
 from lln_jax.run.atomic_write import write_atomic
 
 LOCK_FILE = "lock.json"
@@ -162,12 +164,14 @@ def _owner_is_dead(lease: dict[str, Any]) -> bool:
     if lease.get("host") != socket.gethostname():
         return False
     try:
-        os.kill(int(lease["pid"]), 0)
+        pid = int(lease["pid"])
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except (PermissionError, OSError, KeyError, ValueError):
         return False
-    return False
+    recorded = lease.get("process")  # Leases of older versions have none.
+    return recorded is not None and process_identity.of(pid) not in (recorded, None)
 
 
 class WorkdirLock:
@@ -194,6 +198,7 @@ class WorkdirLock:
         return {
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "process": process_identity.of(os.getpid()),
             "token": self.token,
             "started": self._started,
             "renewed": time.time(),
