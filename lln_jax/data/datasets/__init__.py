@@ -195,10 +195,10 @@ def prepare(
 ) -> tfds.core.DatasetBuilder:
     """Prepares `name` once (from a package, or from the files in `manual_dir`).
 
-    With `check_counts`, data prepared earlier must have had its counts checked too. With
-    `upgrade`, every label file is verified against its checksum, and data prepared before
-    label files existed, or whose label file is missing or stale, gets them written again
-    (one read of every record).
+    With `check_counts`, data prepared earlier must have had its counts checked too; with
+    `upgrade`, label files missing or stale (checked against their checksums) are written
+    again (one read of every record). A bucket gets the prepared data through a local
+    directory (`staging.py`), without TFDS's downloads.
 
     Raises:
       FileNotFoundError: a data set that needs downloaded files is not prepared and no
@@ -224,11 +224,10 @@ def prepare(
         )
     if spec.needs_download:
         data_builder.check_manual_dir(epath.Path(manual_dir))
-    # TFDS's downloads stay behind: only the prepared data goes to a bucket.
     with staging.staged(data_builder.data_dir_root, skip=("downloads",)) as local_root:
+        config = tfds.download.DownloadConfig(manual_dir=manual_dir)
         local = builder(name, local_root, check_counts=check_counts)
-        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-        local.download_and_prepare(download_config=download_config)
+        local.download_and_prepare(download_config=config)
         counts_checked = check_counts or not _expected_counts(local)
         _write_preparation(local, counts_checked=counts_checked, manual_dir=manual_dir)
     data_builder = builder(name, data_dir, check_counts=check_counts)
