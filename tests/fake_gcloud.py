@@ -9,13 +9,20 @@ module. It keeps each TPU VM's state in `directory/state.json` (under a lock) an
   processes killed), `delete` makes it NOT_FOUND (`describe` then fails as gcloud does).
   A v4-N has N/8 workers.
 - `compute tpus tpu-vm ssh NAME --worker=all --command=CMD`: runs `bash -c CMD` once per
-  worker, all at once, each in a home of its own (the VM's disk: lost with the VM), with the
-  worker's environment: its host name, and the peers of a multi-process JAX job
+  worker, all at once, each inside the worker's own PID namespace (its processes are all
+  the worker's `pgrep` sees, and die with the worker) and home (the VM's disk: lost with
+  the VM), with the worker's environment: its host name, and the peers of a JAX job
   (`LLN_COORDINATOR`, `LLN_NUM_PROCESSES`, `LLN_PROCESS_ID`; JAX finds them by itself on a
   real TPU VM). Fails with gcloud's exit code 255 on a VM that is not READY, and while
   `fail_ssh()` says so. The image holds uv and its cache (`UV_CACHE_DIR`, offline): the
   namespace has no network, and setup.sh installs the lock from that cache.
+- `compute tpus queued-resources create|describe|delete`: ACCEPTED, PROVISIONING, then
+  ACTIVE with its node (a VM as above) READY, whose workers boot: each runs the startup
+  script as root (`/root` and `/var/log` the worker's own), reading `lln-bucket` and
+  `lln-name` from a metadata server of the node's (which also gives the VM's token, as
+  GCE's does). A preemption makes it SUSPENDED.
 - `storage cat|cp` against the GCS emulator (google-cloud-storage, `STORAGE_EMULATOR_HOST`).
+- The image's `sudo`: everything here runs as root already.
 
 Anything else is refused with exit 2, so that a call the fake does not know cannot pass.
 """
@@ -25,6 +32,7 @@ import fcntl
 import json
 import os
 import pathlib
+import shlex
 import shutil
 import signal
 import socket
@@ -40,14 +48,18 @@ def install(directory: pathlib.Path, *, uv: str, uv_cache: str, devices_per_work
     image holds `uv` in `~/.local/bin` and uv's cache `uv_cache`."""
     bin_dir = directory / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
-    (directory / STATE).write_text(json.dumps({"vms": {}, "fail_ssh": 0}))
+    (directory / STATE).write_text(json.dumps({"vms": {}, "queued": {}, "fail_ssh": 0}))
     settings = {"uv": uv, "uv_cache": uv_cache, "devices_per_worker": devices_per_worker}
     (directory / "settings.json").write_text(json.dumps(settings))
     gcloud = bin_dir / "gcloud"
     gcloud.write_text(f'#!/usr/bin/env bash\nexec {sys.executable} {__file__} {directory} "$@"\n')
     hostname = bin_dir / "hostname"  # A worker's host name is its own, as on a TPU VM.
     hostname.write_text('#!/usr/bin/env bash\necho "${FAKE_HOSTNAME:-localhost}"\n')
-    for script in (gcloud, hostname):
+    # The image's sudo: everything here runs as root already; its options change nothing.
+    sudo = bin_dir / "sudo"
+    sudo.write_text('#!/usr/bin/env bash\nwhile [[ "${1:-}" == -* ]]; do shift; done\n'
+                    'exec "$@"\n')  # fmt: skip
+    for script in (gcloud, hostname, sudo):
         script.chmod(0o755)
     return str(bin_dir)
 
@@ -85,28 +97,89 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _processes_of(vm_id: str) -> list[int]:
-    """The pids whose environment says they run on a worker of VM `vm_id`."""
-    mark = f"FAKE_VM_ID={vm_id}".encode()
-    pids = []
-    for entry in pathlib.Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if mark in (entry / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(entry.name))
-    return pids
+# What outlives this gcloud call (a worker's init, a boot, a metadata server): its own
+# session, and none of the caller's pipes, which would keep the caller waiting.
+_DETACHED = dict(start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)  # fmt: skip
+
+# A worker's init: reaps every orphan (a finished run must not stay a zombie), forever.
+_INIT = """import os, time
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(0.2)
+"""
+
+
+def _disk(directory: pathlib.Path, vm: dict, worker: int) -> pathlib.Path:
+    return directory / "disks" / vm["id"] / f"worker-{worker}"
+
+
+def _boot(directory: pathlib.Path, vm: dict, worker: int) -> int:
+    """A worker's machine: a PID namespace (its own /proc, so that pgrep sees this worker's
+    processes only) and a mount namespace where /root, /var/log (and, on a queued
+    resource's node, /etc/hosts, naming the metadata server) are the worker's own, held by
+    an init; returns the init's pid, which every ssh enters. Killing it kills every process
+    of the worker, as losing the machine does."""
+    settings = json.loads((directory / "settings.json").read_text())
+    disk = _disk(directory, vm, worker)
+    for home in ("home", "root"):  # The ssh user's home and root's, from the image.
+        (disk / home / ".local" / "bin").mkdir(parents=True)
+        (disk / home / ".local" / "bin" / "uv").symlink_to(settings["uv"])
+    (disk / "varlog").mkdir()
+    mounts = []
+    if os.path.isdir("/root/.pyenv"):  # The image's Python lives in the real root's home.
+        (disk / "root" / ".pyenv").mkdir()
+        mounts.append(f"mount --bind /root/.pyenv {disk}/root/.pyenv")
+    mounts += [f"mount --rbind {disk}/root /root", f"mount --bind {disk}/varlog /var/log"]
+    if "metadata_ip" in vm:
+        hosts = pathlib.Path("/etc/hosts").read_text()
+        (disk / "hosts").write_text(f"{hosts}{vm['metadata_ip']} metadata.google.internal\n")
+        mounts.append(f"mount --bind {disk}/hosts /etc/hosts")
+    script = " && ".join([*mounts, f"exec {sys.executable} -c {shlex.quote(_INIT)}"])
+    holder = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "bash", "-c",
+                               script], **_DETACHED)  # fmt: skip
+    children = pathlib.Path(f"/proc/{holder.pid}/task/{holder.pid}/children")
+    for _ in range(500):
+        init = children.read_text().split()
+        if init and pathlib.Path(f"/proc/{init[0]}/cmdline").read_bytes().startswith(
+            sys.executable.encode()
+        ):
+            return int(init[0])
+        time.sleep(0.01)
+    raise SystemExit(f"fake gcloud: worker {worker} did not boot")
+
+
+def _new_vm(directory: pathlib.Path, state: dict, name: str, spec: dict) -> dict:
+    """A VM of `spec` (accelerator, version, spot; metadata for a queued resource's node),
+    its workers booted; CREATING."""
+    vm = {"id": f"{name}-{time.time_ns()}", "state": "CREATING", "port": _free_port(),
+          "workers": _workers_of(spec["accelerator"]), **spec}  # fmt: skip
+    if "metadata" in spec:
+        state["metadata_hosts"] = state.get("metadata_hosts", 0) + 1
+        vm["metadata_ip"] = f"127.0.1.{state['metadata_hosts']}"
+        serve = [sys.executable, __file__, str(directory), "--serve-metadata",
+                 vm["metadata_ip"], json.dumps(spec["metadata"])]  # fmt: skip
+        vm["metadata_server"] = subprocess.Popen(serve, **_DETACHED).pid
+    vm["inits"] = [_boot(directory, vm, worker) for worker in range(vm["workers"])]
+    state["vms"][name] = vm
+    return vm
 
 
 def _kill_workers(vm: dict) -> None:
-    for pid in _processes_of(vm["id"]):
+    for init in vm["inits"]:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(init, signal.SIGKILL)
 
 
 def _delete(directory: pathlib.Path, state: dict, name: str) -> None:
     """The VM's processes killed, its disks gone."""
     vm = state["vms"].pop(name)
     _kill_workers(vm)
+    if "metadata_server" in vm:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(vm["metadata_server"], signal.SIGKILL)
     shutil.rmtree(directory / "disks" / vm["id"], ignore_errors=True)
 
 
@@ -114,6 +187,7 @@ def delete_all(directory: pathlib.Path) -> None:
     with _state(directory) as state:
         for name in list(state["vms"]):
             _delete(directory, state, name)
+        state["queued"] = {}
 
 
 def _not_found(name: str) -> int:
@@ -130,12 +204,9 @@ def _tpu_vm(directory: pathlib.Path, verb: str, args: list[str]) -> int:
             if vm is not None:
                 print(f"ERROR: ALREADY_EXISTS: nodes/{name}", file=sys.stderr)
                 return 1
-            state["vms"][name] = {
-                "id": f"{name}-{time.time_ns()}", "state": "CREATING",
-                "accelerator": options["accelerator-type"], "version": options["version"],
-                "spot": "spot" in options, "port": _free_port(),
-                "workers": _workers_of(options["accelerator-type"]),
-            }  # fmt: skip
+            spec = {"accelerator": options["accelerator-type"], "version": options["version"],
+                    "spot": "spot" in options}  # fmt: skip
+            _new_vm(directory, state, name, spec)
     if verb == "create":  # gcloud waits for the operation: CREATING meanwhile, then READY.
         time.sleep(1)
         with _state(directory) as state:
@@ -164,14 +235,11 @@ def _tpu_vm(directory: pathlib.Path, verb: str, args: list[str]) -> int:
 
 def _worker_environment(directory: pathlib.Path, vm: dict, worker: int) -> dict[str, str]:
     settings = json.loads((directory / "settings.json").read_text())
-    home = directory / "disks" / vm["id"] / f"worker-{worker}"
-    if not home.exists():  # A new disk, from the image.
-        (home / ".local" / "bin").mkdir(parents=True)
-        (home / ".local" / "bin" / "uv").symlink_to(settings["uv"])
+    home = _disk(directory, vm, worker) / "home"
     flags = f"--xla_force_host_platform_device_count={settings['devices_per_worker']}"
     return dict(
         os.environ, HOME=str(home), FAKE_HOSTNAME=f"{vm['id']}-w-{worker}",
-        FAKE_VM_ID=vm["id"], JAX_PLATFORMS="cpu", XLA_FLAGS=flags,
+        JAX_PLATFORMS="cpu", XLA_FLAGS=flags,
         LLN_COORDINATOR=f"127.0.0.1:{vm['port']}", LLN_NUM_PROCESSES=str(vm["workers"]),
         LLN_PROCESS_ID=str(worker), LLN_HEARTBEAT_TIMEOUT_S="30",
         UV_CACHE_DIR=settings["uv_cache"], UV_OFFLINE="1",
@@ -182,10 +250,11 @@ def _ssh(directory: pathlib.Path, vm: dict, options: dict[str, str]) -> int:
     if options.get("worker") != "all" or "command" not in options:
         raise SystemExit(f"fake gcloud: ssh with {options}: give --worker=all --command=...")
     workers = []
-    for worker in range(vm["workers"]):
+    for worker, init in enumerate(vm["inits"]):
         environment = _worker_environment(directory, vm, worker)
-        workers.append(subprocess.Popen(["bash", "-c", options["command"]],
-                                        cwd=environment["HOME"], env=environment))  # fmt: skip
+        command = ["nsenter", f"--target={init}", "--pid", "--mount", "--", "bash", "-c",
+                   options["command"]]  # fmt: skip
+        workers.append(subprocess.Popen(command, cwd=environment["HOME"], env=environment))
     codes = [worker.wait() for worker in workers]
     return next((code for code in codes if code), 0)
 
@@ -221,9 +290,95 @@ def _storage(verb: str, args: list[str]) -> int:
     raise SystemExit(f"fake gcloud: storage {verb} is not known")
 
 
-def preempt(directory: pathlib.Path, name: str) -> None:
-    """What a spot VM's preemption does: every worker's processes die, the VM is PREEMPTED."""
+def _queued(directory: pathlib.Path, verb: str, args: list[str]) -> int:
+    (name, *_), options = _options(args)
     with _state(directory) as state:
+        queued = state["queued"].get(name)
+        if verb == "create":
+            if queued is not None:
+                print(f"ERROR: ALREADY_EXISTS: queuedResources/{name}", file=sys.stderr)
+                return 1
+            metadata = dict(item.split("=", 1) for item in options["metadata"].split(","))
+            key, _, path = options["metadata-from-file"].partition("=")
+            metadata[key] = pathlib.Path(path).read_text()
+            state["queued"][name] = {
+                "state": "ACCEPTED", "node": options["node-id"],
+                "spec": {"accelerator": options["accelerator-type"],
+                         "version": options["runtime-version"], "spot": "spot" in options,
+                         "metadata": metadata},
+            }  # fmt: skip
+            subprocess.Popen([sys.executable, __file__, str(directory), "--provision", name],
+                             **_DETACHED)  # fmt: skip
+            return 0
+        if queued is None:
+            print(f"ERROR: (gcloud.compute.tpus.queued-resources) NOT_FOUND: "
+                  f"queuedResources/{name}", file=sys.stderr)  # fmt: skip
+            return 1
+        if verb == "describe":
+            print(queued["state"])
+            return 0
+        if verb == "delete":
+            if queued["node"] in state["vms"]:
+                _delete(directory, state, queued["node"])
+            del state["queued"][name]
+            return 0
+    raise SystemExit(f"fake gcloud: queued-resources {verb} is not known")
+
+
+def _provision(directory: pathlib.Path, name: str) -> None:
+    """A queued resource's life: PROVISIONING, then ACTIVE with its node READY, whose every
+    worker then boots: its startup script runs, as root."""
+    time.sleep(0.5)
+    with _state(directory) as state:
+        state["queued"][name]["state"] = "PROVISIONING"
+    time.sleep(0.5)
+    with _state(directory) as state:
+        queued = state["queued"].get(name)
+        if queued is None:
+            return
+        vm = _new_vm(directory, state, queued["node"], queued["spec"])
+        vm["state"], queued["state"] = "READY", "ACTIVE"
+    script = queued["spec"]["metadata"]["startup-script"]
+    for worker, init in enumerate(vm["inits"]):
+        environment = _worker_environment(directory, vm, worker)
+        del environment["HOME"]  # The startup script runs without one, and sets root's.
+        subprocess.Popen(["nsenter", f"--target={init}", "--pid", "--mount", "--", "bash",
+                          "-c", script], env=environment, cwd="/", **_DETACHED)  # fmt: skip
+
+
+def _serve_metadata(address: str, attributes: dict[str, str]) -> None:
+    """The node's metadata server: its attributes, and a token for the VM's account."""
+    import http.server
+
+    class Metadata(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            prefix = "/computeMetadata/v1/instance/"
+            path = self.path.split("?")[0].removeprefix(prefix)
+            body = None
+            if self.headers.get("Metadata-Flavor") == "Google":
+                if path.startswith("attributes/"):
+                    body = attributes.get(path.removeprefix("attributes/"))
+                elif path == "service-accounts/default/token":
+                    body = json.dumps({"access_token": "emulator", "expires_in": 3600,
+                                       "token_type": "Bearer"})  # fmt: skip
+            self.send_response(404 if body is None else 200)
+            self.send_header("Metadata-Flavor", "Google")
+            self.end_headers()
+            self.wfile.write((body or "").encode())
+
+    http.server.ThreadingHTTPServer((address, 80), Metadata).serve_forever()
+
+
+def preempt(directory: pathlib.Path, name: str) -> None:
+    """What a spot slice's preemption does: every worker's processes die, the VM is
+    PREEMPTED (and its queued resource, if it has one, SUSPENDED)."""
+    with _state(directory) as state:
+        for queued in state["queued"].values():
+            if queued["node"] == name:
+                queued["state"] = "SUSPENDED"
         vm = state["vms"][name]
         _kill_workers(vm)
         vm["state"] = "PREEMPTED"
@@ -236,8 +391,16 @@ def fail_ssh(directory: pathlib.Path, times: int) -> None:
 
 
 def main(directory: pathlib.Path, args: list[str]) -> int:
+    if args[:1] == ["--provision"]:
+        _provision(directory, args[1])
+        return 0
+    if args[:1] == ["--serve-metadata"]:
+        _serve_metadata(args[1], json.loads(args[2]))
+        return 0
     if args[:3] == ["compute", "tpus", "tpu-vm"] and len(args) > 3:
         return _tpu_vm(directory, args[3], args[4:])
+    if args[:3] == ["compute", "tpus", "queued-resources"] and len(args) > 3:
+        return _queued(directory, args[3], args[4:])
     if args[:1] == ["storage"] and len(args) > 1:
         return _storage(args[1], args[2:])
     print(f"fake gcloud: {' '.join(args)}: not a call launch/ makes", file=sys.stderr)

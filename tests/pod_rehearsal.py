@@ -1,12 +1,14 @@
 """The README's TPU walk-through run for real, on a fake slice: `launch/tpu.sh` drives the
 behavioural `gcloud` of `fake_gcloud.py`, whose two workers run a real 2-process JAX job,
-against the GCS emulator (`gcs_emulator.run(this, FAKE_DIR, CHECKOUT, google_endpoints=True)`).
+against the GCS emulator (`gcs_emulator.run(this, FAKE_DIR, CHECKOUT, vm|queued,
+google_endpoints=True)`).
 
 create, setup (the commit's lock installed by uv into each worker's venv), run (after an ssh
 that fails), status, a preemption (the workers killed, the VM PREEMPTED), recover (delete,
 re-create, set up, re-run: the run resumes from its gs:// workdir), a second run refused
 while one is live, stop (SIGTERM: the workers save and exit 75), run again to the end,
-delete, and recover of a VM already gone. Prints `ok` when every assertion holds.
+delete, and recover of a VM already gone. `queued`: the same on a queued resource, whose
+startup script sets up and runs at every boot. Prints `ok` when every assertion holds.
 """
 
 import json
@@ -88,16 +90,52 @@ def _vm_state(fake_dir: pathlib.Path) -> str | None:
     return None if vm is None else vm["state"]
 
 
-def main(fake_dir: pathlib.Path, checkout: pathlib.Path) -> None:
+def _queued_state(fake_dir: pathlib.Path) -> str | None:
+    queued = json.loads((fake_dir / fake_gcloud.STATE).read_text())["queued"].get(NAME)
+    return None if queued is None else queued["state"]
+
+
+def _rehearse_queued(fake_dir: pathlib.Path, checkout: pathlib.Path) -> None:
+    """The same run on a queued resource: its startup script sets up and starts the run at
+    every boot, as root; stop and run reach that install through sudo."""
+    bin_dir = str(fake_dir / "bin")
+    queued = [*COMMON, "--queued"]
+    _ok(checkout, bin_dir, "create", *queued, "--accelerator", "v4-16", "--pricing", "spot",
+        "--no-plan", *CONFIG, *EXTRA)  # fmt: skip
+    _wait_for(lambda: _queued_state(fake_dir) == "ACTIVE", "the queued resource")
+    _wait_for(lambda: any(step >= 16 for step in _saved_steps()), "the save of step 16")
+    said = _ok(checkout, bin_dir, "status", *queued)
+    assert "ACTIVE" in said and "READY\tHEALTHY" in said, said
+    assert said.count("==> /var/log/lln_jax/startup-") == 2, said  # Both workers' logs.
+    fake_gcloud.preempt(fake_dir, NAME)
+    assert _queued_state(fake_dir) == "SUSPENDED"
+    preempted_at = max(_saved_steps())
+    _ok(checkout, bin_dir, "recover", *queued, *CONFIG, *EXTRA)  # Its boot resumes the run.
+    _wait_for(lambda: max(_saved_steps()) >= preempted_at + 8, "the resumed run's saves")
+    code, said = _tpu(checkout, bin_dir, "run", *queued, *CONFIG, *EXTRA)
+    assert code != 0 and said.count("already runs lln_jax") == 2, said
+    said = _ok(checkout, bin_dir, "stop", *queued)
+    assert said.count("saved and exited") == 2, said
+    assert max(_saved_steps()) < STEPS and not _objects(f"{WORKDIR}/results.json")
+    _ok(checkout, bin_dir, "run", *queued, *CONFIG, *EXTRA)  # It resumes.
+    _wait_for(lambda: bool(_objects(f"{WORKDIR}/results.json")), "the run's results")
+    assert max(_saved_steps()) == STEPS
+    assert len(_objects(f"{BUCKET}/launch/{NAME}/logs/")) >= 2
+    _ok(checkout, bin_dir, "delete", *queued)
+    assert _queued_state(fake_dir) is None and _vm_state(fake_dir) is None
+
+
+def main(fake_dir: pathlib.Path, checkout: pathlib.Path, mode: str) -> None:
+    _prepare_bucket()
     try:
-        _rehearse(fake_dir, checkout)
+        (_rehearse_queued if mode == "queued" else _rehearse)(fake_dir, checkout)
     finally:  # Whatever failed, no worker outlives the rehearsal.
         fake_gcloud.delete_all(fake_dir)
+    print("ok")
 
 
 def _rehearse(fake_dir: pathlib.Path, checkout: pathlib.Path) -> None:
     bin_dir = str(fake_dir / "bin")
-    _prepare_bucket()
     _ok(checkout, bin_dir, "create", *COMMON, "--accelerator", "v4-16", "--pricing", "spot",
         "--no-plan")  # fmt: skip
     assert _vm_state(fake_dir) == "READY"
@@ -140,9 +178,8 @@ def _rehearse(fake_dir: pathlib.Path, checkout: pathlib.Path) -> None:
     assert "is gone: re-creating it" in said, said
     assert json.loads(json.dumps(results)) == json.loads(_read(f"{WORKDIR}/results.json"))
     _ok(checkout, bin_dir, "delete", *COMMON)
-    print("ok")
 
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(__file__))
-    main(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]))
+    main(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3])

@@ -47,12 +47,13 @@ def _image_cache(cache: pathlib.Path, checkout: pathlib.Path, scratch: pathlib.P
 
 
 @pytest.mark.slow  # A 2-process training run, started four times: minutes.
-def test_the_tpu_walk_through_on_a_fake_slice_of_two_workers(tmp_path):
+@pytest.mark.parametrize("mode", ["vm", "queued"])
+def test_the_tpu_walk_through_on_a_fake_slice_of_two_workers(tmp_path, mode):
     checkout = _committed_copy(tmp_path / "checkout")
     _image_cache(tmp_path / "uv-cache", checkout, tmp_path / "scratch")
     fake_dir = tmp_path / "gcloud"
     fake_gcloud.install(fake_dir, uv=UV, uv_cache=str(tmp_path / "uv-cache"))
-    finished = gcs_emulator.run(str(SCRIPT), str(fake_dir), str(checkout), timeout=2400,
+    finished = gcs_emulator.run(str(SCRIPT), str(fake_dir), str(checkout), mode, timeout=2400,
                                 google_endpoints=True)  # fmt: skip
     assert finished.returncode == 0, finished.stdout[-10000:]
     assert finished.stdout.rstrip().endswith("ok"), finished.stdout[-10000:]
