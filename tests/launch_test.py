@@ -199,6 +199,25 @@ def test_every_script_is_shellcheck_clean():
     assert done.returncode == 0, done.stdout
 
 
+# What bash 3.2 (macOS's, where tpu.sh runs on a user's laptop) lacks or does otherwise:
+# case conversion, mapfile, associative arrays and namerefs, `&>>` and `|&`; and under
+# `set -u`, before 4.4, "${a[@]}" of an empty array is an unbound variable. No bash before
+# 4.4 is packaged for this machine, so this reads the script for them.
+_BASH_4_ONLY = re.compile(r",,\}|\^\^\}|\bmapfile\b|\breadarray\b|declare -A|local -n|declare -n"
+                          r"|&>>|\|&")  # fmt: skip
+_ARRAY_EXPANSION = re.compile(r'(\$\{\w+\[@\]\+)?"\$\{(\w+)\[@\]\}"')
+_NEVER_EMPTY = {"head", "query"}  # Arrays assigned a literal list of words where they are made.
+
+
+def test_tpu_sh_keeps_to_what_bash_3_2_runs():
+    lines = (LAUNCH / "tpu.sh").read_text().splitlines()
+    code = [(n, line) for n, line in enumerate(lines, 1) if not line.lstrip().startswith("#")]
+    assert not [(n, line) for n, line in code if _BASH_4_ONLY.search(line)]
+    bare = [(n, match.group(2)) for n, line in code for match in _ARRAY_EXPANSION.finditer(line)
+            if not match.group(1) and match.group(2) not in _NEVER_EMPTY]  # fmt: skip
+    assert not bare, f"unguarded expansions of arrays that may be empty: {bare}"
+
+
 def test_the_readme_walk_through_is_the_dry_run_output():
     """Every `$ launch/tpu.sh COMMAND --dry-run ...` in the README is followed by what it
     prints."""
