@@ -105,7 +105,16 @@ def _interrupted_run(root: str, workdir: str) -> None:
     assert all(name.startswith("tmp_file_tensorflow_") for name in left_by_kill), left_by_kill
     for name in left_by_kill:
         os.remove(os.path.join(root, name))
+    # The newest save made unreadable: the resume moves it aside on the bucket (which has no
+    # directory rename) and resumes from the one before, to the same end.
+    prefix = workdir.removeprefix(f"gs://{BUCKET}/") + "/checkpoints/"
+    newest = max(int(o.split("/")[-3]) for o in _objects(prefix + "latest/")
+                 if o.endswith("/record/metadata"))  # fmt: skip
+    from google.cloud import storage
+
+    storage.Client().bucket(BUCKET).blob(f"{prefix}latest/{newest}/record/metadata").delete()
     _python(root, *_train(workdir))
+    assert _objects(f"{prefix}quarantine/latest-{newest}-"), f"step {newest} not moved aside"
 
 
 def _final_state(workdir: str):

@@ -68,6 +68,24 @@ def _saving(directory: str, step: int | None):
         ) from error
 
 
+def _move_tree(source: epath.Path, target: epath.Path) -> None:
+    """Renames a directory; on a bucket, which has no directory rename (TF's GCS client
+    fails on a prefix), copies it object by object and deletes the original."""
+    try:
+        source.rename(target)
+        return
+    except OSError:
+        if "://" not in str(source):
+            raise
+    for entry in source.iterdir():
+        if entry.is_dir():
+            _move_tree(entry, target / entry.name)
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            entry.copy(target / entry.name, overwrite=True)
+    source.rmtree()
+
+
 class Checkpointer:
     """Saves and restores `(state, record)` pairs; `record` is a JSON-able dict."""
 
@@ -136,7 +154,7 @@ class Checkpointer:
         logging.error("checkpoint %s does not restore (%s); moved to %s", source, message, target)
         if jax.process_index() == 0 and source.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            source.rename(target)
+            _move_tree(source, target)
         manager.reload()
 
     def save(self, step: int, state: Any, record: dict) -> None:
