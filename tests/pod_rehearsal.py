@@ -125,10 +125,21 @@ def _rehearse_queued(fake_dir: pathlib.Path, checkout: pathlib.Path) -> None:
     assert _queued_state(fake_dir) is None and _vm_state(fake_dir) is None
 
 
+def _print_worker_logs(fake_dir: pathlib.Path) -> None:
+    """The last lines of every worker's logs (their disks go with the VMs)."""
+    for log in sorted((fake_dir / "disks").glob("*/worker-*/*/**/*.log")):
+        lines = [line for line in log.read_text(errors="replace").splitlines()
+                 if "logging_writer" not in line]  # fmt: skip
+        print(f"==> {log} <==", *lines[-15:], sep="\n")
+
+
 def main(fake_dir: pathlib.Path, checkout: pathlib.Path, mode: str) -> None:
     _prepare_bucket()
     try:
         (_rehearse_queued if mode == "queued" else _rehearse)(fake_dir, checkout)
+    except BaseException:
+        _print_worker_logs(fake_dir)
+        raise
     finally:  # Whatever failed, no worker outlives the rehearsal.
         fake_gcloud.delete_all(fake_dir)
     print("ok")
